@@ -1,0 +1,9 @@
+"""The one exception type that means "the user asked for something we cannot do".
+
+The CLI turns a UserError into one line on stderr and exit status 2; anything else is a
+bug in dpopt and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A mistake the user can fix: bad model name, bad mask, unreadable data file..."""

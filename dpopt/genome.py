@@ -1,0 +1,216 @@
+"""LayerMask, the genome every searcher proposes and the evaluator scores.
+
+A mask is a bitstring with one bit per decoder block; ``True`` means the block is KEPT.
+The search space is fixed by a :class:`Constraint`: exactly ``k`` blocks removed, never a
+protected one. Operators here (swap mutation, crossover + repair) keep a mask inside that
+space, because DEAP's stock ``mutFlipBit``/``cxTwoPoint`` would change how many blocks are
+removed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import UserError
+
+
+class LayerMask:
+    """Immutable keep-mask over ``n_units`` blocks; hashable by its bits."""
+
+    __slots__ = ("bits", "_key")
+
+    def __init__(self, bits: Iterable[bool] | np.ndarray):
+        arr = np.array(bits, dtype=bool).reshape(-1)
+        arr.setflags(write=False)
+        self.bits = arr
+        self._key = np.packbits(arr).tobytes() + len(arr).to_bytes(4, "little")
+
+    # --- construction -------------------------------------------------------------------
+    @classmethod
+    def dense(cls, n_units: int) -> "LayerMask":
+        return cls(np.ones(n_units, dtype=bool))
+
+    @classmethod
+    def from_removed(cls, n_units: int, removed: Iterable[int]) -> "LayerMask":
+        bits = np.ones(n_units, dtype=bool)
+        for i in removed:
+            bits[int(i)] = False
+        return cls(bits)
+
+    # --- identity -----------------------------------------------------------------------
+    @property
+    def n_units(self) -> int:
+        return int(self.bits.shape[0])
+
+    def removed(self) -> tuple[int, ...]:
+        return tuple(int(i) for i in np.flatnonzero(~self.bits))
+
+    def kept(self) -> tuple[int, ...]:
+        return tuple(int(i) for i in np.flatnonzero(self.bits))
+
+    def key(self) -> bytes:
+        return self._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LayerMask) and self._key == other._key
+
+    def __len__(self) -> int:
+        return self.n_units
+
+    def __repr__(self) -> str:
+        return f"LayerMask(n={self.n_units}, removed={list(self.removed())})"
+
+    def to_string(self) -> str:
+        return "".join("1" if b else "0" for b in self.bits)
+
+    # --- neighbours ---------------------------------------------------------------------
+    def with_removed(self, i: int) -> "LayerMask":
+        bits = self.bits.copy()
+        bits[i] = False
+        return LayerMask(bits)
+
+    def with_kept(self, i: int) -> "LayerMask":
+        bits = self.bits.copy()
+        bits[i] = True
+        return LayerMask(bits)
+
+    def swapped(self, kept_i: int, removed_j: int) -> "LayerMask":
+        """Remove block ``kept_i`` and restore block ``removed_j``: K stays the same."""
+        bits = self.bits.copy()
+        bits[kept_i] = False
+        bits[removed_j] = True
+        return LayerMask(bits)
+
+
+def parse_index_list(text: str | Sequence[int] | None, n_units: int, what: str = "index") -> tuple[int, ...]:
+    """Parse ``"3,7,-1"`` into sorted unique non-negative indices; negatives count from the end."""
+    if text is None:
+        return ()
+    if isinstance(text, str):
+        parts = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise UserError(f"{what} list {text!r} must be comma-separated integers") from None
+    else:
+        values = [int(v) for v in text]
+    out = set()
+    for v in values:
+        idx = v + n_units if v < 0 else v
+        if not 0 <= idx < n_units:
+            raise UserError(f"{what} {v} is out of range for a model with {n_units} blocks (0..{n_units - 1})")
+        out.add(idx)
+    return tuple(sorted(out))
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """The search space: masks over ``n_units`` blocks with exactly ``k`` removed, none protected."""
+
+    n_units: int
+    k: int
+    protect: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.n_units < 1:
+            raise UserError("the model has no blocks to remove")
+        if not 0 < self.k < self.n_units:
+            raise UserError(
+                f"--remove must be between 1 and {self.n_units - 1} for a model with {self.n_units} blocks (got {self.k})"
+            )
+        for p in self.protect:
+            if not 0 <= p < self.n_units:
+                raise UserError(f"protected block {p} is out of range (0..{self.n_units - 1})")
+        if len(self.removable) < self.k:
+            raise UserError(
+                f"--protect leaves {len(self.removable)} removable blocks, fewer than the {self.k} to remove"
+            )
+
+    @classmethod
+    def build(
+        cls,
+        n_units: int,
+        remove: int | None = None,
+        sparsity: float | None = None,
+        protect: str | Sequence[int] | None = None,
+    ) -> "Constraint":
+        if (remove is None) == (sparsity is None):
+            raise UserError("give exactly one of --remove K or --sparsity F")
+        if sparsity is not None:
+            if not 0.0 < sparsity < 1.0:
+                raise UserError(f"--sparsity must be in (0, 1), got {sparsity}")
+            remove = int(round(sparsity * n_units))
+            if remove == 0:
+                raise UserError(f"--sparsity {sparsity} removes no block of {n_units}")
+        return cls(n_units, int(remove), parse_index_list(protect, n_units, "protected block"))
+
+    @property
+    def removable(self) -> tuple[int, ...]:
+        prot = set(self.protect)
+        return tuple(i for i in range(self.n_units) if i not in prot)
+
+    def is_valid(self, mask: LayerMask) -> bool:
+        if mask.n_units != self.n_units or len(mask.removed()) != self.k:
+            return False
+        return all(mask.bits[p] for p in self.protect)
+
+    def check(self, mask: LayerMask) -> LayerMask:
+        if not self.is_valid(mask):
+            raise ValueError(f"{mask!r} violates {self!r}")
+        return mask
+
+    # --- sampling and operators (all keep exactly k removed) ---------------------------
+    def random_mask(self, rng: np.random.Generator) -> LayerMask:
+        removed = rng.choice(np.array(self.removable), size=self.k, replace=False)
+        return LayerMask.from_removed(self.n_units, removed)
+
+    def swap_mutation(self, mask: LayerMask, rng: np.random.Generator, n_swaps: int = 1) -> LayerMask:
+        """Exchange ``n_swaps`` kept-removable blocks with removed ones (EvoPress's move)."""
+        bits = mask.bits.copy()
+        prot = np.zeros(self.n_units, dtype=bool)
+        prot[list(self.protect)] = True
+        for _ in range(n_swaps):
+            kept = np.flatnonzero(bits & ~prot)
+            removed = np.flatnonzero(~bits)
+            if len(kept) == 0 or len(removed) == 0:
+                break
+            i = rng.choice(kept)
+            j = rng.choice(removed)
+            bits[i], bits[j] = False, True
+        return LayerMask(bits)
+
+    def repair(self, bits: np.ndarray, rng: np.random.Generator) -> LayerMask:
+        """Project any bitstring onto the space: restore protected blocks, then fix the count.
+
+        Blocks to flip are chosen at random so that repair does not bias the search
+        toward either end of the network.
+        """
+        bits = np.array(bits, dtype=bool).copy()
+        bits[list(self.protect)] = True
+        removed = np.flatnonzero(~bits)
+        if len(removed) > self.k:
+            restore = rng.choice(removed, size=len(removed) - self.k, replace=False)
+            bits[restore] = True
+        elif len(removed) < self.k:
+            prot = np.zeros(self.n_units, dtype=bool)
+            prot[list(self.protect)] = True
+            candidates = np.flatnonzero(bits & ~prot)
+            drop = rng.choice(candidates, size=self.k - len(removed), replace=False)
+            bits[drop] = False
+        return LayerMask(bits)
+
+    def from_scores(self, scores: Sequence[float]) -> LayerMask:
+        """Keep the ``n - k`` highest-scoring blocks; protected blocks are always kept.
+
+        This is how continuous searchers (CMA-ES, Bayesian optimisation over scores) land
+        on exactly ``k`` removed without any repair step. Ties break toward lower index.
+        """
+        scores = np.asarray(scores, dtype=float)
+        removable = np.array(self.removable)
+        order = removable[np.lexsort((removable, scores[removable]))]  # ascending score
+        return LayerMask.from_removed(self.n_units, order[: self.k])

@@ -1,0 +1,126 @@
+"""The Searcher protocol and ``run_search``, the only search loop in dpopt.
+
+A searcher proposes whole batches (a greedy step, a GA generation) and never touches the
+model; the evaluator scores a batch in one call. Fitness handed to ``tell`` is always to be
+MINIMISED (objectives that maximise are negated by the evaluator).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from ..genome import Constraint, LayerMask
+from ..registry import Registry
+
+
+@runtime_checkable
+class Searcher(Protocol):
+    name: str
+
+    def ask(self) -> list[LayerMask]: ...
+
+    def tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None: ...
+
+    @property
+    def done(self) -> bool: ...
+
+
+SEARCHERS: Registry[Callable[..., Searcher]] = Registry("searcher")
+register_searcher = SEARCHERS.register
+
+
+@dataclass
+class Budget:
+    """Stop after ``evaluations`` distinct masks scored or ``seconds`` elapsed (either may be None)."""
+
+    evaluations: int | None = None
+    seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        from ..errors import UserError
+
+        if self.evaluations is not None and self.evaluations <= 0:
+            raise UserError(f"--budget must be a positive number of evaluations, got {self.evaluations}")
+        if self.seconds is not None and self.seconds <= 0:
+            raise UserError(f"--time-budget must be positive seconds, got {self.seconds}")
+
+
+@dataclass
+class SearchResult:
+    best: LayerMask
+    fitness: float  # signed, minimised
+    evaluations: int
+    wall_seconds: float
+    history: list[tuple[int, float]] = field(default_factory=list)  # (evaluation count, best so far)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Tracker(Protocol):
+    def record(self, masks: Sequence[LayerMask], fitness: np.ndarray, new: Sequence[bool]) -> None: ...
+
+
+def run_search(searcher: Searcher, evaluator, budget: Budget, tracker: Tracker | None = None,
+               progress: Callable[[int, float], None] | None = None) -> SearchResult:
+    """Ask a batch, evaluate it in one call, tell, record — until the searcher or budget is done.
+
+    The budget counts distinct masks scored (memo hits are free). When the budget cannot
+    cover a whole batch, the batch is cut to what is left and ``tell`` gets that prefix.
+    A searcher that keeps proposing only masks seen before is stopped after a while so the
+    loop cannot spin forever.
+    """
+    start = time.perf_counter()
+    seen: set[bytes] = set()  # every mask asked so far: what the budget counts
+    best_mask: LayerMask | None = None
+    best_fit = float("inf")
+    history: list[tuple[int, float]] = []
+    stale_batches = 0
+    while not searcher.done:
+        if budget.seconds is not None and time.perf_counter() - start >= budget.seconds:
+            break
+        left = None if budget.evaluations is None else budget.evaluations - len(seen)
+        if left is not None and left <= 0:
+            break
+        masks = list(searcher.ask())
+        if not masks:
+            break
+        if left is not None:
+            # count only masks not scored before; keep the batch up to the remaining budget
+            cut, fresh = [], set()
+            for m in masks:
+                if m.key() not in seen and m.key() not in fresh:
+                    if len(fresh) >= left:
+                        break
+                    fresh.add(m.key())
+                cut.append(m)
+            masks = cut
+        new = [m.key() not in seen for m in masks]
+        n_before = len(seen)
+        seen.update(m.key() for m in masks)
+        n_new = len(seen) - n_before
+        schedule = getattr(searcher, "race_schedule", None)
+        if schedule:
+            # multi-fidelity selection: only the survivors are told, at the richest fidelity
+            from ..fitness import race
+
+            masks, fitness = race(evaluator, masks, schedule)
+            new = [True] * len(masks)
+        else:
+            fitness = np.asarray(evaluator.evaluate(masks), dtype=float)
+        for m, f in zip(masks, fitness):
+            if f < best_fit:
+                best_fit, best_mask = float(f), m
+        history.append((len(seen), best_fit))
+        if tracker is not None:
+            tracker.record(masks, fitness, new)
+        searcher.tell(masks, fitness)
+        if progress is not None:
+            progress(len(seen), best_fit)
+        stale_batches = 0 if n_new else stale_batches + 1
+        if stale_batches >= 50:
+            break
+    if best_mask is None:
+        raise RuntimeError(f"searcher {searcher.name!r} proposed no mask")
+    return SearchResult(best_mask, best_fit, len(seen), time.perf_counter() - start, history)
