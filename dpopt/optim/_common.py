@@ -1,0 +1,108 @@
+"""Plumbing shared by the searcher adapters: best-so-far, option checks, private RNG state.
+
+Kept out of ``base.py`` because it is implementation help for the bundled searchers, not
+part of the protocol a user-supplied searcher has to follow.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..errors import UserError
+from ..genome import Constraint, LayerMask
+
+
+class SearcherBase:
+    """Holds the constraint, a seeded numpy Generator and the best *valid* mask told so far.
+
+    ``best`` ignores masks that break the constraint (greedy's intermediate steps remove
+    fewer than ``k`` blocks and would otherwise always look best).
+    """
+
+    name = "base"
+
+    def __init__(self, constraint: Constraint, seed: int = 0):
+        if not isinstance(constraint, Constraint):
+            raise TypeError(f"expected a Constraint, got {type(constraint).__name__}")
+        self.constraint = constraint
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
+        self._best_mask: LayerMask | None = None
+        self._best_fit = float("inf")
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def best(self) -> tuple[LayerMask | None, float]:
+        return self._best_mask, self._best_fit
+
+    def _record(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
+        for m, f in zip(masks, np.asarray(fitness, dtype=float)):
+            if f < self._best_fit and self.constraint.is_valid(m):
+                self._best_mask, self._best_fit = m, float(f)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.constraint!r}, seed={self.seed})"
+
+
+def space_size(constraint: Constraint) -> int:
+    """How many distinct masks the constraint allows: C(removable, k)."""
+    return math.comb(len(constraint.removable), constraint.k)
+
+
+def check_int(name: str, value, minimum: int = 1, allow_none: bool = False) -> int | None:
+    """Options come from the CLI as user input: a bad one is a UserError, not a traceback."""
+    if value is None and allow_none:
+        return None
+    try:
+        ivalue = int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"searcher option {name} must be an integer, got {value!r}") from None
+    if ivalue != value and not (isinstance(value, str) and str(ivalue) == value.strip()):
+        raise UserError(f"searcher option {name} must be an integer, got {value!r}")
+    if ivalue < minimum:
+        raise UserError(f"searcher option {name} must be >= {minimum}, got {value!r}")
+    return ivalue
+
+
+def check_float(name: str, value, low: float | None = None, high: float | None = None,
+                open_low: bool = False) -> float:
+    try:
+        fvalue = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"searcher option {name} must be a number, got {value!r}") from None
+    if not math.isfinite(fvalue) or (low is not None and (fvalue < low or (open_low and fvalue == low))) \
+            or (high is not None and fvalue > high):
+        bounds = f"{'(' if open_low else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+        raise UserError(f"searcher option {name} must be in {bounds}, got {value!r}")
+    return fvalue
+
+
+@contextlib.contextmanager
+def private_global_random(holder: dict) -> Iterator[None]:
+    """Run library code that draws from the *global* ``random``/``np.random`` on a private stream.
+
+    DEAP's stock operators use ``random`` and the ``cma`` package uses ``np.random``; swapping
+    a per-searcher state in and out makes them reproducible per seed without disturbing (or
+    being disturbed by) anyone else using the global generators.
+    """
+    saved_py, saved_np = random.getstate(), np.random.get_state()
+    try:
+        if "py" not in holder:
+            random.seed(holder["seed"])
+            np.random.seed(holder["seed"] % (2**32))
+        else:
+            random.setstate(holder["py"])
+            np.random.set_state(holder["np"])
+        yield
+    finally:
+        holder["py"], holder["np"] = random.getstate(), np.random.get_state()
+        random.setstate(saved_py)
+        np.random.set_state(saved_np)
