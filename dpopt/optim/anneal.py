@@ -18,7 +18,7 @@ from ._common import SearcherBase, check_float, check_int, space_size
 from .base import register_searcher
 
 
-@register_searcher("anneal", "sa")
+@register_searcher("anneal")
 class AnnealSearch(SearcherBase):
     """Options:
       ``batch_size`` (8): neighbours of the current mask per ask; told ones are accepted or

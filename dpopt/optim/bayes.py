@@ -6,6 +6,7 @@ infeasible ones. The study is in memory and its sampler seeded, so a seed fixes 
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -19,19 +20,21 @@ from .base import register_searcher
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@register_searcher("bayes", "optuna")
+@register_searcher("bayes")
 class BayesSearch(SearcherBase):
     """Options:
       ``sampler`` ("tpe" | "gp", default "tpe"): GP is stronger on small budgets but slow per trial.
       ``batch_size`` (8): trials asked per batch (TPE uses a constant liar for the pending ones).
       ``n_startup_trials`` (10): random trials before the model is used.
+      ``max_tries`` (8): trials per batch slot before giving up on finding an untold mask;
+      a repeat is answered from the fitness already told, so the sampler still learns from it.
     Trial ``user_attrs["removed"]`` records the decoded mask for inspection of the study.
     """
 
     name = "bayes"
 
     def __init__(self, constraint: Constraint, seed: int = 0, sampler: str = "tpe",
-                 batch_size: int = 8, n_startup_trials: int = 10):
+                 batch_size: int = 8, n_startup_trials: int = 10, max_tries: int = 8):
         super().__init__(constraint, seed)
         self.batch_size = check_int("batch_size", batch_size)
         startup = check_int("n_startup_trials", n_startup_trials, minimum=0)
@@ -44,7 +47,9 @@ class BayesSearch(SearcherBase):
             raise UserError(f"bayes option sampler must be 'tpe' or 'gp', got {sampler!r}")
         self.sampler_name = sampler
         self.study = optuna.create_study(direction="minimize", sampler=smp)
+        self.max_tries = check_int("max_tries", max_tries)
         self._pending: list[tuple[optuna.trial.Trial, LayerMask]] = []
+        self._known: dict[bytes, float] = {}  # fitness of every mask told so far
 
     def _trial_mask(self, trial: optuna.trial.Trial) -> LayerMask:
         scores = np.full(self.constraint.n_units, np.inf)
@@ -55,11 +60,60 @@ class BayesSearch(SearcherBase):
         return mask
 
     def ask(self) -> list[LayerMask]:
+        """Ask trials until ``batch_size`` new masks; repeats of told masks are told at once.
+
+        Many score vectors decode to one mask, and TPE readily re-proposes the incumbent;
+        answering those from what is already known keeps every batch informative. After
+        ``max_tries`` repeats in a row the sampler is stuck, so a swap neighbour of the best
+        mask is enqueued as the next trial (the study still learns from it).
+        """
         self._fail_pending()
-        for _ in range(self.batch_size):
+        batch: dict[bytes, LayerMask] = {}
+        repeats = 0
+        for _ in range(4 * self.max_tries * self.batch_size):
+            if len(batch) >= self.batch_size:
+                break
+            if repeats >= self.max_tries:
+                self._enqueue_escape(batch)
+                repeats = 0
             trial = self.study.ask()
-            self._pending.append((trial, self._trial_mask(trial)))
-        return [m for _, m in self._pending]
+            mask = self._trial_mask(trial)
+            if mask.key() in self._known or mask.key() in batch:
+                repeats += 1
+                if mask.key() in self._known:
+                    self._tell_one(trial, self._known[mask.key()])
+                else:
+                    self._pending.append((trial, mask))
+                continue
+            repeats = 0
+            self._pending.append((trial, mask))
+            batch[mask.key()] = mask
+        return list(batch.values())
+
+    def _enqueue_escape(self, batch: dict[bytes, LayerMask]) -> None:
+        start = self.best[0] if self.best[0] is not None else self.constraint.random_mask(self.rng)
+        mask = None
+        for n_swaps in range(1, self.constraint.k + 1):
+            for _ in range(10):
+                m = self.constraint.swap_mutation(start, self.rng, n_swaps)
+                if m.key() not in self._known and m.key() not in batch:
+                    mask = m
+                    break
+            if mask is not None:
+                break
+        if mask is None:
+            mask = self.constraint.random_mask(self.rng)
+        # scores below 0.5 for removed blocks, above for kept: decodes back to exactly this mask
+        low = self.rng.uniform(0.0, 0.5, self.constraint.n_units)
+        high = self.rng.uniform(0.5, 1.0, self.constraint.n_units)
+        params = {f"s{i}": float(high[i] if mask.bits[i] else low[i]) for i in self.constraint.removable}
+        self.study.enqueue_trial(params)
+
+    def _tell_one(self, trial: optuna.trial.Trial, f: float) -> None:
+        if np.isfinite(f):
+            self.study.tell(trial, float(f))
+        else:
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
     def tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
         fitness = np.asarray(fitness, dtype=float)
@@ -67,12 +121,10 @@ class BayesSearch(SearcherBase):
         # matched by mask, not position: a cut batch tells a prefix, and several trials
         # may decode to the same mask (all get its fitness)
         told = {m.key(): float(f) for m, f in zip(masks, fitness)}
+        self._known.update(told)
         for trial, mask in self._pending:
             f = told.get(mask.key())
-            if f is None or not np.isfinite(f):
-                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            else:
-                self.study.tell(trial, f)
+            self._tell_one(trial, math.inf if f is None else f)
         self._pending = []
 
     def _fail_pending(self) -> None:

@@ -22,7 +22,7 @@ with warnings.catch_warnings():
     import cma
 
 
-@register_searcher("cma", "cma-es")
+@register_searcher("cma")
 class CMASearch(SearcherBase):
     """Options:
       ``popsize`` (None = CMA's default 4 + 3 ln d): candidates per ask (one generation).

@@ -58,7 +58,7 @@ def parse_race(race) -> list[tuple[int | None, int]] | None:
     return schedule
 
 
-@register_searcher("genetic", "ga")
+@register_searcher("genetic")
 class GeneticSearch(SearcherBase):
     """Elitist generational GA over masks with exactly ``k`` removed.
 

@@ -1,0 +1,212 @@
+"""The one fitness evaluator: every searcher's masks are scored here, in batches.
+
+Masks that keep the same first blocks compute the same hidden states up to there. For
+each input batch the evaluator walks the masks level by level as a prefix tree: at block
+``l`` every distinct prefix that keeps ``l`` is stacked into one batched call (chunked to
+a memory budget), prefixes that skip ``l`` pass through untouched, and each distinct mask
+gets one head + score at the end. So each (prefix, block) pair is computed once per call.
+
+Two memos make repeated work free: per-(mask, batch) partial scores (a mask seen before
+costs nothing, and raising its fidelity scores only the new batches), and an LRU of prefix
+activations shared by several masks, kept across calls within ``cache_mb``.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .fitness import MemoEvaluator
+from .genome import LayerMask
+
+
+@dataclass
+class LoadedModel:
+    """A model with what every objective and the evaluator need beside it."""
+
+    model: Any
+    tokenizer: Any
+    masked: Any  # MaskedModel
+    source: str = ""
+
+    @property
+    def n_blocks(self) -> int:
+        return self.masked.n_blocks
+
+
+@dataclass
+class _Group:
+    hidden: torch.Tensor
+    masks: list[LayerMask]
+
+
+class PrefixCache:
+    """LRU of hidden states keyed by (batch index, prefix bits), bounded in bytes."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit = limit_bytes
+        self.used = 0
+        self.store: OrderedDict[tuple[int, bytes], torch.Tensor] = OrderedDict()
+
+    def get(self, key):
+        t = self.store.get(key)
+        if t is not None:
+            self.store.move_to_end(key)
+        return t
+
+    def put(self, key, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if size > self.limit or key in self.store:
+            return
+        self.store[key] = tensor
+        self.used += size
+        while self.used > self.limit:
+            _, old = self.store.popitem(last=False)
+            self.used -= old.numel() * old.element_size()
+
+    def clear(self) -> None:
+        self.store.clear()
+        self.used = 0
+
+
+def _merge(active: dict[bytes, _Group], joining: dict[bytes, _Group]) -> None:
+    for key, g in joining.items():
+        if key in active:
+            active[key].masks.extend(g.masks)
+        else:
+            active[key] = g
+
+
+def _prefix_key(mask: LayerMask, level: int) -> bytes:
+    return mask.bits[:level].tobytes()
+
+
+class Evaluator(MemoEvaluator):
+    def __init__(self, lm: LoadedModel, objective, prefix_sharing: bool = True, cache_mb: float = 256,
+                 memory_mb: float = 1024):
+        super().__init__()
+        self.lm = lm
+        self.objective = objective
+        self.direction = objective.direction
+        self.prefix_sharing = prefix_sharing
+        self.memory_bytes = int(memory_mb * 2**20)
+        self.cache = PrefixCache(int(cache_mb * 2**20) if prefix_sharing else 0)
+        self.partials: dict[tuple[bytes, int], Any] = {}
+        self._prepared: dict[int, Any] = {}
+        self.block_calls = 0  # (prefix, block) computations at batch granularity: the work done
+
+    @property
+    def n_units(self) -> int:
+        return self.lm.n_blocks
+
+    def dense_value(self, fidelity: int | None = None) -> float:
+        return self.raw(LayerMask.dense(self.n_units), fidelity)
+
+    # --- the memo layer -----------------------------------------------------------------
+    def _score(self, masks: Sequence[LayerMask], fidelity: int | None) -> list[float]:
+        for m in masks:
+            if m.n_units != self.n_units:
+                raise ValueError(f"mask of {m.n_units} units for a model of {self.n_units} blocks")
+        batches = self.objective.batches(fidelity)
+        for b in batches:
+            todo = [m for m in masks if (m.key(), b.index) not in self.partials]
+            if todo:
+                for m, part in zip(todo, self._run_batch(b, todo)):
+                    self.partials[(m.key(), b.index)] = part
+        out = []
+        for m in masks:
+            try:
+                out.append(float(self.objective.finish([self.partials[(m.key(), b.index)] for b in batches])))
+            except (FloatingPointError, ValueError, ZeroDivisionError, OverflowError):
+                out.append(float("nan"))
+        return out
+
+    def _prep(self, batch):
+        p = self._prepared.get(batch.index)
+        if p is None:
+            p = self.lm.masked.prepare(batch.input_ids, batch.attention_mask, batch.position_ids)
+            self._prepared[batch.index] = p
+        return p
+
+    # --- the prefix tree ----------------------------------------------------------------
+    @torch.no_grad()
+    def _run_batch(self, batch, masks: list[LayerMask]) -> list[Any]:
+        prep = self._prep(batch)
+        if not self.prefix_sharing:
+            return [self._score_logits(self._forward_one(m, prep), batch) for m in masks]
+        n = self.n_units
+        # start each mask from its deepest cached prefix (or from the embeddings)
+        pending: dict[int, dict[bytes, _Group]] = {}
+        for m in masks:
+            level, hidden = 0, prep.h0
+            for lv in range(n, 0, -1):
+                t = self.cache.get((batch.index, _prefix_key(m, lv)))
+                if t is not None:
+                    level, hidden = lv, t
+                    break
+            groups = pending.setdefault(level, {})
+            groups.setdefault(_prefix_key(m, level), _Group(hidden, [])).masks.append(m)
+        active: dict[bytes, _Group] = {}
+        for level in range(n):
+            _merge(active, pending.pop(level, {}))
+            need: list[tuple[bytes, _Group]] = []
+            nxt: dict[bytes, _Group] = {}
+            for key, g in active.items():
+                keep = [m for m in g.masks if m.bits[level]]
+                skip = [m for m in g.masks if not m.bits[level]]
+                if skip:
+                    nxt[key + b"\x00"] = _Group(g.hidden, skip)
+                if keep:
+                    need.append((key + b"\x01", _Group(g.hidden, keep)))
+            for (key, g), out in zip(need, self._stacked_block(level, [g.hidden for _, g in need], prep)):
+                g.hidden = out
+                nxt[key] = g
+                if len(g.masks) > 1:  # shared prefixes are what later calls reuse
+                    self.cache.put((batch.index, key), out)
+            active = nxt
+            del need
+        _merge(active, pending.pop(n, {}))
+        results: dict[bytes, Any] = {}
+        for g in active.values():
+            part = self._score_logits(self.lm.masked.head(g.hidden), batch)
+            for m in g.masks:
+                results[m.key()] = part
+        return [results[m.key()] for m in masks]
+
+    def _stacked_block(self, level: int, hiddens: list[torch.Tensor], prep) -> list[torch.Tensor]:
+        """Run block ``level`` on many prefixes at once, in chunks that fit the memory budget."""
+        if not hiddens:
+            return []
+        self.block_calls += len(hiddens)
+        h = hiddens[0]
+        cfg = self.lm.model.config
+        width = max(h.shape[-1], getattr(cfg, "intermediate_size", 0) or 0, getattr(cfg, "ffn_dim", 0) or 0)
+        per = h.shape[0] * h.shape[1] * width * h.element_size() * 4  # rough activation peak per prefix
+        chunk = max(1, self.memory_bytes // max(per, 1))
+        out: list[torch.Tensor] = []
+        for i in range(0, len(hiddens), chunk):
+            part = hiddens[i : i + chunk]
+            stacked = torch.cat(part, dim=0) if len(part) > 1 else part[0]
+            res = self.lm.masked.run_block(level, stacked, prep)
+            out.extend(res.split(h.shape[0], dim=0) if len(part) > 1 else [res])
+        return out
+
+    def _forward_one(self, mask: LayerMask, prep) -> torch.Tensor:
+        h = prep.h0
+        for i in mask.kept():
+            h = self.lm.masked.run_block(i, h, prep)
+            self.block_calls += 1
+        return self.lm.masked.head(h)
+
+    def _score_logits(self, logits: torch.Tensor, batch) -> Any:
+        if not torch.isfinite(logits).all():
+            return self.objective.score(torch.full_like(logits, float("nan")), batch)
+        return self.objective.score(logits, batch)
+
+    def fidelities(self) -> list[int]:
+        """Cumulative batch sizes: the fidelities at which the objective's data can be cut."""
+        sizes = np.cumsum([b.size for b in self.objective.batches(None)])
+        return [int(s) for s in sizes]

@@ -1,0 +1,117 @@
+"""Multiple-choice accuracy by the log-likelihood of each answer continuation.
+
+As in lm-evaluation-harness, a question is answered by the choice whose continuation gets
+the highest total log-probability after the context (``acc``), or the highest per
+character (``acc_norm``, which removes the bias toward short answers).
+
+The choices of one question share their context, so the context is run once: each
+question becomes ONE packed sequence ``[context][choice 1][choice 2]...`` with position
+ids restarting after the context and a 4D attention mask in which every choice sees the
+context and itself only ("tree attention"). The logits of a choice are then exactly those
+of ``context + choice`` run alone, at a fraction of the tokens.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .base import Batch, register_objective, take_fidelity
+
+
+def pack_question(tokenizer, context: str, choices: list[str]) -> tuple[list[int], list[int], list[tuple[int, int]], list[int]]:
+    """Token ids, position ids, each choice's (start, length) and its token ids."""
+    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
+        ctx = [tokenizer.bos_token_id] + ctx
+    if not ctx:
+        ctx = [tokenizer.eos_token_id]
+    ids, pos, spans = list(ctx), list(range(len(ctx))), []
+    for choice in choices:
+        whole = tokenizer(context + choice, add_special_tokens=False)["input_ids"]
+        plain_ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+        cont = whole[len(plain_ctx):] or tokenizer(choice, add_special_tokens=False)["input_ids"]
+        spans.append((len(ids), len(cont)))
+        pos.extend(range(len(ctx), len(ctx) + len(cont)))
+        ids.extend(cont)
+    return ids, pos, spans, [len(c) for c in choices]
+
+
+def tree_mask(n_ctx: int, spans: list[tuple[int, int]], length: int) -> torch.Tensor:
+    """Boolean (length, length): causal over the context, each choice sees context + itself."""
+    allowed = torch.zeros(length, length, dtype=torch.bool)
+    allowed[:n_ctx, :n_ctx] = torch.tril(torch.ones(n_ctx, n_ctx, dtype=torch.bool))
+    for start, n in spans:
+        allowed[start : start + n, :n_ctx] = True
+        allowed[start : start + n, start : start + n] = torch.tril(torch.ones(n, n, dtype=torch.bool))
+    used = spans[-1][0] + spans[-1][1] if spans else n_ctx
+    idx = torch.arange(used, length)
+    allowed[idx, idx] = True  # padding attends to itself only, so no row is empty
+    return allowed
+
+
+@register_objective("acc", "accuracy")
+class Accuracy:
+    name = "acc"
+    data_kind = "mc"
+    direction = "maximize"
+
+    def __init__(self, questions: int = 256, batch_size: int = 8, metric: str = "acc", **_):
+        if metric not in ("acc", "acc_norm"):
+            raise UserError(f"--acc-metric must be acc or acc_norm (got {metric!r})")
+        self.questions, self.batch_size, self.metric = questions, batch_size, metric
+        self._batches: list[Batch] = []
+
+    def prepare(self, lm, data) -> None:
+        from .data import MCData
+
+        if not isinstance(data, MCData):
+            raise UserError(f"objective 'acc' needs a multiple-choice data set; {data.name!r} is text (try --tasks mmlu)")
+        dtype = lm.masked.dtype
+        qs = data.questions[: self.questions]
+        self._batches = []
+        for bi, start in enumerate(range(0, len(qs), self.batch_size)):
+            chunk = qs[start : start + self.batch_size]
+            packed = [pack_question(lm.tokenizer, q.context, q.choices) for q in chunk]
+            length = max(len(p[0]) for p in packed)
+            pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+            ids = torch.full((len(chunk), length), pad, dtype=torch.long)
+            pos = torch.zeros((len(chunk), length), dtype=torch.long)
+            mask = torch.zeros((len(chunk), 1, length, length), dtype=dtype)
+            for r, (tok, p, spans, _) in enumerate(packed):
+                ids[r, : len(tok)] = torch.tensor(tok)
+                pos[r, : len(p)] = torch.tensor(p)
+                pos[r, len(p):] = torch.arange(len(p), length)
+                allowed = tree_mask(spans[0][0], spans, length)
+                mask[r, 0] = torch.where(allowed, 0.0, torch.finfo(dtype).min)
+            extra = {"spans": [p[2] for p in packed], "chars": [p[3] for p in packed], "gold": [q.gold for q in chunk]}
+            self._batches.append(Batch(bi, ids, size=len(chunk), attention_mask=mask, position_ids=pos, extra=extra))
+
+    def batches(self, fidelity: int | None = None):
+        return take_fidelity(self._batches, fidelity)
+
+    def score(self, logits: torch.Tensor, batch: Batch) -> np.ndarray:
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        ids = batch.input_ids.to(logp.device)
+        correct = correct_norm = 0.0
+        for r, (spans, chars, gold) in enumerate(zip(batch.extra["spans"], batch.extra["chars"], batch.extra["gold"])):
+            ll = []
+            for start, n in spans:
+                # the first token of a choice is predicted by the last context token
+                pred = torch.cat([torch.tensor([spans[0][0] - 1]), torch.arange(start, start + n - 1)]).to(logp.device)
+                ll.append(logp[r, pred, ids[r, start : start + n]].sum().item())
+            ll = np.array(ll)
+            if not np.all(np.isfinite(ll)):
+                return np.array([np.nan, np.nan, np.nan])
+            correct += float(np.argmax(ll) == gold)
+            correct_norm += float(np.argmax(ll / np.maximum(chars, 1)) == gold)
+        return np.array([correct, correct_norm, len(batch.extra["gold"])], dtype=np.float64)
+
+    def finish(self, partials) -> float:
+        acc, acc_norm = self.report(partials).values()
+        return acc if self.metric == "acc" else acc_norm
+
+    def report(self, partials) -> dict[str, float]:
+        total = np.sum(np.stack(partials), axis=0)
+        n = max(total[2], 1)
+        return {"acc": float(total[0] / n), "acc_norm": float(total[1] / n)}

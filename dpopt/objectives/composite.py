@@ -1,0 +1,63 @@
+"""A weighted sum of objectives, each normalised to the dense model's value.
+
+``ppl:0.5,acc:0.5`` scores ``0.5 * ppl/ppl_dense + 0.5 * (1 + (acc_dense - acc)/acc_dense)``:
+every term is 1 for the dense model and grows as the pruned model gets worse, so terms
+with different units and directions add up meaningfully. The result is minimised.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Batch
+
+
+class Composite:
+    direction = "minimize"
+
+    def __init__(self, parts: list[tuple[object, float, object]]):
+        """``parts``: (objective, weight, data) triples."""
+        self.parts = parts
+        self.name = ",".join(f"{o.name}:{w:g}" for o, w, _ in parts)
+        self._owner: dict[int, tuple[int, Batch]] = {}  # composite batch index -> (part, child batch)
+        self.dense: list[float] = []
+
+    def prepare(self, lm, data=None) -> None:
+        self._owner.clear()
+        self.dense = []
+        index = 0
+        for p, (obj, _, part_data) in enumerate(self.parts):
+            obj.prepare(lm, part_data)
+            partials = []
+            for b in obj.batches(None):
+                self._owner[index] = (p, b)
+                index += 1
+                prepared = lm.masked.prepare(b.input_ids, b.attention_mask, b.position_ids, dense=True)
+                partials.append(obj.score(prepared.dense_logits, b))
+            self.dense.append(obj.finish(partials))
+        self._batches = [Batch(i, b.input_ids, b.size, b.attention_mask, b.position_ids, {"part": p, "child": b})
+                         for i, (p, b) in self._owner.items()]
+
+    def batches(self, fidelity: int | None = None):
+        out = []
+        for p, (obj, _, _) in enumerate(self.parts):
+            wanted = {id(b) for b in obj.batches(fidelity)}
+            out.extend(b for b in self._batches if b.extra["part"] == p and id(b.extra["child"]) in wanted)
+        return out
+
+    def score(self, logits, batch):
+        p = batch.extra["part"]
+        return (p, self.parts[p][0].score(logits, batch.extra["child"]))
+
+    def finish(self, partials) -> float:
+        total = 0.0
+        for p, (obj, weight, _) in enumerate(self.parts):
+            mine = [s for q, s in partials if q == p]
+            value, dense = obj.finish(mine), self.dense[p]
+            if not np.isfinite(value):
+                return float("nan")
+            if obj.direction == "minimize":
+                term = value / dense if dense else value
+            else:
+                term = 1 + (dense - value) / abs(dense) if dense else -value
+            total += weight * term
+        return total

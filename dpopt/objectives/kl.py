@@ -1,0 +1,69 @@
+"""KL divergence of the masked model's next-token distribution from the dense model's.
+
+This is EvoPress's default fitness. The dense targets are computed once in ``prepare``.
+For large vocabularies they can be kept as the dense model's top-k tokens plus one "rest"
+bucket holding the remaining probability mass (``topk``): the KL is then computed between
+both distributions coarsened to those k+1 outcomes. By the data-processing inequality this
+is a lower bound on the full KL, and it is exact up to the mass the dense model puts
+outside its top-k (typically < 1e-3 for k >= 512).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import Batch, register_objective, require_text, sum_partials, take_fidelity, text_stream_batches
+
+AUTO_TOPK_BYTES = 1 << 31  # above ~2 GB of dense targets, fall back to top-k
+
+
+@register_objective("kl")
+class KLDivergence:
+    name = "kl"
+    direction = "minimize"
+
+    def __init__(self, tokens: int = 4096, seq_len: int = 512, batch_size: int = 2, topk: int | None = None, **_):
+        if topk is not None and topk < 512:
+            from ..errors import UserError
+
+            raise UserError(f"--kl-topk must be at least 512 (got {topk})")
+        self.tokens, self.seq_len, self.batch_size, self.topk = tokens, seq_len, batch_size, topk
+        self._batches: list[Batch] = []
+
+    def prepare(self, lm, data) -> None:
+        data = require_text(data, self.name)
+        self._batches = text_stream_batches(lm.tokenizer, data.documents, self.tokens, self.seq_len, self.batch_size)
+        vocab = lm.model.config.get_text_config().vocab_size if hasattr(lm.model.config, "get_text_config") else lm.model.config.vocab_size
+        n_tok = sum(b.input_ids.numel() for b in self._batches)
+        if self.topk is None and n_tok * vocab * 4 > AUTO_TOPK_BYTES:
+            self.topk = 1024
+        for b in self._batches:
+            prepared = lm.masked.prepare(b.input_ids, dense=True)
+            logp = torch.log_softmax(prepared.dense_logits.float(), dim=-1)
+            if self.topk:
+                top, idx = logp.topk(min(self.topk, logp.shape[-1]), dim=-1)
+                b.extra["target"] = (top.cpu(), idx.cpu())
+            else:
+                b.extra["target"] = logp.cpu()
+
+    def batches(self, fidelity: int | None = None):
+        return take_fidelity(self._batches, fidelity)
+
+    def score(self, logits: torch.Tensor, batch: Batch) -> np.ndarray:
+        logq = torch.log_softmax(logits.float(), dim=-1)
+        target = batch.extra["target"]
+        if isinstance(target, tuple):
+            top, idx = (t.to(logq.device) for t in target)
+            q_top = logq.gather(-1, idx)
+            p = top.exp()
+            p_rest = (1 - p.sum(-1)).clamp_min(0)
+            q_rest = (1 - q_top.exp().sum(-1)).clamp_min(1e-30)
+            kl = (p * (top - q_top)).sum(-1) + torch.where(p_rest > 0, p_rest * (p_rest.clamp_min(1e-30).log() - q_rest.log()), torch.zeros_like(p_rest))
+        else:
+            logp = target.to(logq.device)
+            kl = (logp.exp() * (logp - logq)).sum(-1)
+        return np.array([kl.sum().item(), kl.numel()], dtype=np.float64)
+
+    def finish(self, partials) -> float:
+        total, count = sum_partials(partials)
+        return float(total / max(count, 1))

@@ -1,0 +1,37 @@
+"""Perplexity of the masked model: exp of the token-weighted mean next-token NLL."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .base import Batch, register_objective, require_text, sum_partials, take_fidelity, text_stream_batches
+
+
+@register_objective("ppl", "perplexity")
+class Perplexity:
+    name = "ppl"
+    direction = "minimize"
+
+    def __init__(self, tokens: int = 4096, seq_len: int = 512, batch_size: int = 2, **_):
+        self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
+        self._batches: list[Batch] = []
+
+    def prepare(self, lm, data) -> None:
+        data = require_text(data, self.name)
+        self._batches = text_stream_batches(lm.tokenizer, data.documents, self.tokens, self.seq_len, self.batch_size)
+
+    def batches(self, fidelity: int | None = None):
+        return take_fidelity(self._batches, fidelity)
+
+    def score(self, logits: torch.Tensor, batch: Batch) -> np.ndarray:
+        ids = batch.input_ids.to(logits.device)
+        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum")
+        return np.array([nll.item(), ids[:, 1:].numel()], dtype=np.float64)
+
+    def finish(self, partials) -> float:
+        total, count = sum_partials(partials)
+        mean = total / max(count, 1)
+        return math.exp(mean) if math.isfinite(mean) else float("nan")
