@@ -49,3 +49,56 @@ def tiny_model(family: str, n_blocks: int = 6, seed: int = 0, dtype: torch.dtype
     config = tiny_config(family, n_blocks)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval()
+
+
+def tiny_tokenizer():
+    """A byte-level tokenizer (256 byte tokens + eos) that needs no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<eos>": 0}
+    for ch in sorted(alphabet):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
+
+
+def save_tiny_checkpoint(path, family: str = "llama", n_blocks: int = 12, seed: int = 0,
+                         identity_blocks=()):
+    """Write a random-init checkpoint + tokenizer that ``--model PATH`` loads.
+
+    ``identity_blocks`` are made exact identities by zeroing their output projections
+    (every residual branch then adds 0): a known answer for search tests.
+    """
+    tok = tiny_tokenizer()
+    config = tiny_config(family, n_blocks)
+    config.vocab_size = len(tok)
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = None, tok.eos_token_id, tok.pad_token_id
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    from .families import family_of
+
+    blocks = family_of(model).block_list(model)
+    for i in identity_blocks:
+        zero_residual_outputs(blocks[i])
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+_OUTPUT_PROJECTIONS = ("o_proj", "down_proj", "c_proj", "out_proj", "fc2", "dense", "dense_4h_to_h")
+
+
+def zero_residual_outputs(block) -> None:
+    """Zero every projection that writes into the residual stream, making the block an identity."""
+    with torch.no_grad():
+        for name, module in block.named_modules():
+            if name.rsplit(".", 1)[-1] in _OUTPUT_PROJECTIONS and hasattr(module, "weight"):
+                module.weight.zero_()
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()

@@ -77,6 +77,8 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, tracker: Tracker |
     best_fit = float("inf")
     history: list[tuple[int, float]] = []
     stale_batches = 0
+    # greedy/beam pass through masks with fewer than k removed: only valid masks can be the answer
+    constraint = getattr(searcher, "constraint", None)
     while not searcher.done:
         if budget.seconds is not None and time.perf_counter() - start >= budget.seconds:
             break
@@ -110,7 +112,7 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, tracker: Tracker |
         else:
             fitness = np.asarray(evaluator.evaluate(masks), dtype=float)
         for m, f in zip(masks, fitness):
-            if f < best_fit:
+            if f < best_fit and (constraint is None or constraint.is_valid(m)):
                 best_fit, best_mask = float(f), m
         history.append((len(seen), best_fit))
         if tracker is not None:
