@@ -73,6 +73,7 @@ class MaskedModel:
         self.family = family or family_of(model)
         self.blocks: nn.ModuleList = self.family.block_list(model)
         self.n_blocks = len(self.blocks)
+        self._output_is_tuple: bool | None = None  # learnt from the first real block call
 
     @property
     def device(self) -> torch.device:
@@ -88,8 +89,9 @@ class MaskedModel:
                 position_ids: torch.Tensor | None = None, dense: bool = False) -> Prepared:
         """Record every block's arguments for this batch; with ``dense`` also keep dense logits.
 
-        Without ``dense`` the forward stops right after the last block's arguments are
-        known, so preparing costs one dense pass at most.
+        Without ``dense`` no block computes anything: each block's forward is swapped for a
+        pass-through while its arguments are recorded (they never depend on the hidden
+        state), and the model's forward stops after the last block, before the head.
         """
         records: list[tuple[tuple, dict] | None] = [None] * self.n_blocks
         h0: list[torch.Tensor] = []
@@ -110,6 +112,7 @@ class MaskedModel:
             return hook
 
         handles = [b.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, b in enumerate(self.blocks)]
+        stubbed = [] if dense else self._stub_blocks()
         logits = None
         try:
             kwargs = dict(input_ids=input_ids.to(self.device), use_cache=False)
@@ -124,9 +127,24 @@ class MaskedModel:
         finally:
             for h in handles:
                 h.remove()
+            for block in stubbed:
+                del block.forward
         if any(r is None for r in records):
             raise RuntimeError(f"{type(self.model).__name__} did not call all of its {self.n_blocks} blocks")
         return Prepared(h0[0], records, int(input_ids.shape[0]), logits)
+
+    def _stub_blocks(self) -> list[nn.Module]:
+        """Make every block a pass-through that returns what the real block would return in shape."""
+        if self._output_is_tuple is None:
+            return []  # first call: learn the output structure from a real dense pass
+        stubbed = []
+        for block in self.blocks:
+            def passthrough(hidden_states=None, *args, _tuple=self._output_is_tuple, **kwargs):
+                return (hidden_states,) if _tuple else hidden_states
+
+            block.forward = passthrough
+            stubbed.append(block)
+        return stubbed
 
     # --- execution ----------------------------------------------------------------------
     @torch.no_grad()
@@ -134,7 +152,10 @@ class MaskedModel:
         """Apply block ``block`` to ``hidden``, which may stack several copies of the batch."""
         repeat = hidden.shape[0] // prepared.batch_size
         args, kwargs = prepared.args_for(block, repeat)
-        return _first_tensor(self.blocks[block](hidden, *args, **kwargs))
+        out = self.blocks[block](hidden, *args, **kwargs)
+        if self._output_is_tuple is None:
+            self._output_is_tuple = not isinstance(out, torch.Tensor)
+        return _first_tensor(out)
 
     @torch.no_grad()
     def head(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ..genome import Constraint, LayerMask
+from ..errors import UserError
 from ..registry import Registry
 
 
@@ -40,8 +41,6 @@ class Budget:
     seconds: float | None = None
 
     def __post_init__(self) -> None:
-        from ..errors import UserError
-
         if self.evaluations is not None and self.evaluations <= 0:
             raise UserError(f"--budget must be a positive number of evaluations, got {self.evaluations}")
         if self.seconds is not None and self.seconds <= 0:
@@ -124,5 +123,8 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, tracker: Tracker |
         if stale_batches >= 50:
             break
     if best_mask is None:
-        raise RuntimeError(f"searcher {searcher.name!r} proposed no mask")
+        if constraint is not None and len(seen):
+            raise UserError(f"the budget of {len(seen)} evaluations ran out before {searcher.name} reached a mask "
+                            f"with {constraint.k} blocks removed; raise --budget")
+        raise UserError(f"searcher {searcher.name!r} proposed no mask")
     return SearchResult(best_mask, best_fit, len(seen), time.perf_counter() - start, history)

@@ -26,7 +26,7 @@ class BayesSearch(SearcherBase):
       ``sampler`` ("tpe" | "gp", default "tpe"): GP is stronger on small budgets but slow per trial.
       ``batch_size`` (8): trials asked per batch (TPE uses a constant liar for the pending ones).
       ``n_startup_trials`` (10): random trials before the model is used.
-      ``max_tries`` (8): trials per batch slot before giving up on finding an untold mask;
+      ``max_tries`` (2): trials per batch slot before giving up on finding an untold mask;
       a repeat is answered from the fitness already told, so the sampler still learns from it.
     Trial ``user_attrs["removed"]`` records the decoded mask for inspection of the study.
     """
@@ -34,7 +34,7 @@ class BayesSearch(SearcherBase):
     name = "bayes"
 
     def __init__(self, constraint: Constraint, seed: int = 0, sampler: str = "tpe",
-                 batch_size: int = 8, n_startup_trials: int = 10, max_tries: int = 8):
+                 batch_size: int = 8, n_startup_trials: int = 10, max_tries: int = 2):
         super().__init__(constraint, seed)
         self.batch_size = check_int("batch_size", batch_size)
         startup = check_int("n_startup_trials", n_startup_trials, minimum=0)
