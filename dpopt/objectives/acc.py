@@ -16,20 +16,20 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .base import Batch, register_objective, take_fidelity
+from .base import Batch, leading_bos, register_objective, take_fidelity
 
 
 def pack_question(tokenizer, context: str, choices: list[str]) -> tuple[list[int], list[int], list[tuple[int, int]], list[int]]:
     """Token ids, position ids, each choice's (start, length) and its token ids."""
-    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
-    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
-        ctx = [tokenizer.bos_token_id] + ctx
+    plain_ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+    bos = leading_bos(tokenizer)
+    ctx = ([bos] if bos is not None else []) + plain_ctx
     if not ctx:
         ctx = [tokenizer.eos_token_id]
     ids, pos, spans = list(ctx), list(range(len(ctx))), []
     for choice in choices:
+        # encode context+choice together and take the tail, as lm-evaluation-harness does
         whole = tokenizer(context + choice, add_special_tokens=False)["input_ids"]
-        plain_ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
         cont = whole[len(plain_ctx):] or tokenizer(choice, add_special_tokens=False)["input_ids"]
         spans.append((len(ids), len(cont)))
         pos.extend(range(len(ctx), len(ctx) + len(cont)))

@@ -82,10 +82,14 @@ def text_stream_batches(tokenizer, documents: Sequence[str], tokens: int, seq_le
 
     Every sequence is full length, so no padding mask is needed and all masks of a batch
     see the same attention pattern (this is what lets blocks be stacked across masks).
+    Where the tokenizer starts its inputs with BOS (Llama, Gemma), every sequence does
+    too: Gemma in particular is far off its trained distribution without it.
     """
     if seq_len < 2:
         raise UserError("--seq-len must be at least 2")
     eos = tokenizer.eos_token_id
+    bos = leading_bos(tokenizer)
+    body = seq_len - (bos is not None)
     need = tokens + seq_len  # a little slack to fill the last sequence
     ids: list[int] = []
     for doc in documents:
@@ -95,15 +99,29 @@ def text_stream_batches(tokenizer, documents: Sequence[str], tokens: int, seq_le
         if len(ids) >= need:
             break
     n_seq = max(1, -(-tokens // seq_len))
-    n_seq = min(n_seq, len(ids) // seq_len)
+    n_seq = min(n_seq, len(ids) // body)
     if n_seq == 0:
         raise UserError(f"the data holds only {len(ids)} tokens, fewer than one sequence of {seq_len}")
-    seqs = torch.tensor(ids[: n_seq * seq_len], dtype=torch.long).view(n_seq, seq_len)
+    seqs = torch.tensor(ids[: n_seq * body], dtype=torch.long).view(n_seq, body)
+    if bos is not None:
+        seqs = torch.cat([torch.full((n_seq, 1), bos, dtype=torch.long), seqs], dim=1)
     out = []
     for i, start in enumerate(range(0, n_seq, batch_size)):
         chunk = seqs[start : start + batch_size]
         out.append(Batch(first_index + i, chunk, size=int(chunk.numel())))
     return out
+
+
+def leading_bos(tokenizer) -> int | None:
+    """The BOS id if this tokenizer puts one in front of its inputs by default, else None."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    try:
+        ids = tokenizer("a")["input_ids"]
+    except Exception:
+        return None
+    return bos if ids and ids[0] == bos else None
 
 
 def require_text(data, objective: str):

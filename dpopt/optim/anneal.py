@@ -20,7 +20,9 @@ from .base import register_searcher
 
 @register_searcher("anneal")
 class AnnealSearch(SearcherBase):
-    """Options:
+    """Simulated annealing with swap moves, self-calibrated temperature and restarts from the best.
+
+    Options:
       ``batch_size`` (8): neighbours of the current mask per ask; told ones are accepted or
       rejected (Metropolis) in order, moving the current mask as they go.
       ``cooling`` (0.97): temperature factor per decision.

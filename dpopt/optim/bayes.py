@@ -22,7 +22,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 @register_searcher("bayes")
 class BayesSearch(SearcherBase):
-    """Options:
+    """Optuna TPE (or GP) on per-block scores, decoded to a mask by keeping the top n - k.
+
+    Options:
       ``sampler`` ("tpe" | "gp", default "tpe"): GP is stronger on small budgets but slow per trial.
       ``batch_size`` (8): trials asked per batch (TPE uses a constant liar for the pending ones).
       ``n_startup_trials`` (10): random trials before the model is used.

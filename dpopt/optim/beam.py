@@ -12,7 +12,10 @@ from .greedy import StepwiseSearch
 
 @register_searcher("beam")
 class BeamSearch(StepwiseSearch):
-    """Options: ``width`` (int >= 1, default 4): distinct masks kept after every step."""
+    """Greedy removal keeping the best ``width`` partial masks per step.
+
+    Options: ``width`` (int >= 1, default 4): distinct masks kept after every step.
+    """
 
     name = "beam"
 

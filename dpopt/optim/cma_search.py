@@ -24,7 +24,9 @@ with warnings.catch_warnings():
 
 @register_searcher("cma")
 class CMASearch(SearcherBase):
-    """Options:
+    """CMA-ES on per-block scores, decoded to a mask by keeping the top n - k.
+
+    Options:
       ``popsize`` (None = CMA's default 4 + 3 ln d): candidates per ask (one generation).
       ``sigma0`` (0.5): initial step size; scores start at 0 so the first generation is random.
       ``restarts`` (9): fresh restarts (new random start, doubled popsize, IPOP-style)

@@ -19,7 +19,10 @@ ENUMERATE_LIMIT = 100_000  # spaces up to this size are listed up front (a few M
 
 @register_searcher("random")
 class RandomSearch(SearcherBase):
-    """Options: ``batch_size`` (int >= 1, default 16): masks per ask."""
+    """Uniform masks with exactly k removed, never the same one twice.
+
+    Options: ``batch_size`` (int >= 1, default 16): masks per ask.
+    """
 
     name = "random"
 

@@ -16,7 +16,10 @@ from .base import register_searcher
 
 @register_searcher("single")
 class SingleShot(SearcherBase):
-    """Options: none. Ties in single-removal fitness go to the lower block index."""
+    """Score each block removed alone, then remove the k least harmful (removable + 1 evaluations).
+
+    Options: none. Ties in single-removal fitness go to the lower block index.
+    """
 
     name = "single"
 
