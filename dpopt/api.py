@@ -33,8 +33,8 @@ def mask_from_removed(lm: LoadedModel, remove: str | Sequence[int]) -> LayerMask
 
 
 def make_evaluator(lm: LoadedModel, objective: str = "ppl", data: str | None = None, tasks: str | None = None,
-                   split: str = "calib", seed: int = 0, prefix_sharing: bool = True, cache_mb: float = 256,
-                   memory_mb: float = 1024, **options) -> Evaluator:
+                   split: str = "calib", seed: int = 0, prefix_sharing: bool = True, cache_mb: float | None = None,
+                   memory_mb: float | None = None, **options) -> Evaluator:
     """Build the objective on its data split, prepare it once, and wrap it in the evaluator."""
     from .objectives import build_objective
 

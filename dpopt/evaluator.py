@@ -85,15 +85,19 @@ def _prefix_key(mask: LayerMask, level: int) -> bytes:
 
 
 class Evaluator(MemoEvaluator):
-    def __init__(self, lm: LoadedModel, objective, prefix_sharing: bool = True, cache_mb: float = 256,
-                 memory_mb: float = 1024):
+    def __init__(self, lm: LoadedModel, objective, prefix_sharing: bool = True, cache_mb: float | None = None,
+                 memory_mb: float | None = None):
         super().__init__()
         self.lm = lm
         self.objective = objective
         self.direction = objective.direction
         self.prefix_sharing = prefix_sharing
-        self.memory_bytes = int(memory_mb * 2**20)
-        self.cache = PrefixCache(int(cache_mb * 2**20) if prefix_sharing else 0)
+        # Defaults scale with the model so that the evaluator's extra memory stays a
+        # fraction of what the dense model's own evaluation needs (weights + one pass).
+        weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
+        self.memory_bytes = int(memory_mb * 2**20) if memory_mb else max(weights // 4, 64 * 2**20)
+        cache_bytes = int(cache_mb * 2**20) if cache_mb is not None else max(weights // 10, 16 * 2**20)
+        self.cache = PrefixCache(cache_bytes if prefix_sharing else 0)
         self.partials: dict[tuple[bytes, int], Any] = {}
         self._prepared: dict[int, Any] = {}
         self.block_calls = 0  # (prefix, block) computations at batch granularity: the work done

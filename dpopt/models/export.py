@@ -75,9 +75,10 @@ def export_pruned(masked, tokenizer, mask: LayerMask, out: str | os.PathLike, so
     out = prepare_out_dir(out, force)
     model = masked.model
     strip_quantization(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = None
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         with masked.applied(mask):
             model.config.dpopt_removed_layers = list(mask.removed())
             model.config.dpopt_original_num_hidden_layers = mask.n_units
@@ -93,9 +94,11 @@ def export_pruned(masked, tokenizer, mask: LayerMask, out: str | os.PathLike, so
             shutil.rmtree(out)
         os.replace(tmp, out)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
