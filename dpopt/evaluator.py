@@ -206,8 +206,9 @@ class Evaluator(MemoEvaluator):
         return self.lm.masked.head(h)
 
     def _score_logits(self, logits: torch.Tensor, batch) -> Any:
-        if not torch.isfinite(logits).all():
-            return self.objective.score(torch.full_like(logits, float("nan")), batch)
+        # No isfinite scan of the logits here (it cost as much as the score itself): a NaN
+        # or Inf reaches the objective's statistics and makes ``finish`` non-finite, which
+        # the memo layer records as the worst fitness with its reason.
         return self.objective.score(logits, batch)
 
     def fidelities(self) -> list[int]:

@@ -28,7 +28,10 @@ class Perplexity:
 
     def score(self, logits: torch.Tensor, batch: Batch) -> np.ndarray:
         ids = batch.input_ids.to(logits.device)
-        nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="sum")
+        # targets shifted left, the last position ignored: no copy of the (B*T, V) logits
+        targets = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], dim=1)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                              ignore_index=-100, reduction="sum")
         return np.array([nll.item(), ids[:, 1:].numel()], dtype=np.float64)
 
     def finish(self, partials) -> float:
