@@ -52,6 +52,16 @@ class SearcherBase:
         return f"{type(self).__name__}({self.constraint!r}, seed={self.seed})"
 
 
+def random_unseen(constraint: Constraint, rng: np.random.Generator, *seen: set[bytes],
+                  tries: int = 200) -> LayerMask | None:
+    """A random valid mask in none of the ``seen`` key sets; None when every draw was seen."""
+    for _ in range(tries):
+        m = constraint.random_mask(rng)
+        if all(m.key() not in s for s in seen):
+            return m
+    return None
+
+
 def space_size(constraint: Constraint) -> int:
     """How many distinct masks the constraint allows: C(removable, k)."""
     return math.comb(len(constraint.removable), constraint.k)

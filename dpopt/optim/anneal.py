@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from ..genome import Constraint, LayerMask
-from ._common import SearcherBase, check_float, check_int, space_size
+from ._common import SearcherBase, check_float, check_int, random_unseen, space_size
 from .base import register_searcher
 
 
@@ -60,11 +60,7 @@ class AnnealSearch(SearcherBase):
                 m = self.constraint.swap_mutation(self.current, self.rng, n_swaps)
                 if m.key() not in self._asked and m.key() not in taken:
                     return m
-        for _ in range(200):
-            m = self.constraint.random_mask(self.rng)
-            if m.key() not in self._asked and m.key() not in taken:
-                return m
-        return None
+        return random_unseen(self.constraint, self.rng, self._asked, taken)
 
     def ask(self) -> list[LayerMask]:
         if self._done:

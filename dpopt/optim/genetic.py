@@ -19,7 +19,7 @@ from deap import base, tools
 
 from ..errors import UserError
 from ..genome import Constraint, LayerMask
-from ._common import SearcherBase, check_float, check_int, private_global_random, space_size
+from ._common import SearcherBase, check_float, check_int, private_global_random, random_unseen, space_size
 from .base import register_searcher
 
 
@@ -134,11 +134,7 @@ class GeneticSearch(SearcherBase):
         return self.constraint.repair(np.array(child), self.rng)
 
     def _random_unseen(self, fresh: set[bytes]) -> LayerMask | None:
-        for _ in range(200):
-            m = self.constraint.random_mask(self.rng)
-            if m.key() not in self._asked and m.key() not in fresh:
-                return m
-        return None
+        return random_unseen(self.constraint, self.rng, self._asked, fresh)
 
     # --- protocol -------------------------------------------------------------------------
     def ask(self) -> list[LayerMask]:

@@ -8,35 +8,28 @@ from __future__ import annotations
 import numpy as np
 
 from ..genome import Constraint, LayerMask
+from ._common import SearcherBase
 from .base import register_searcher
 
 
-class _OneShot:
-    needs_block_stats = True
+class _OneShot(SearcherBase):
+    needs_block_stats = True  # run_search's caller passes stats=evaluator.block_stats()
 
     def __init__(self, constraint: Constraint, seed: int = 0, stats: dict | None = None):
+        super().__init__(constraint, seed)
         if stats is None:
             raise ValueError(f"{self.name} needs the dense model's block statistics (stats=evaluator.block_stats())")
-        self.constraint = constraint
         self.mask = self.choose(constraint, stats)
-        self._asked = False
-        self.best: tuple[LayerMask | None, float] = (None, float("inf"))
 
     def choose(self, constraint: Constraint, stats: dict) -> LayerMask:
         raise NotImplementedError
 
     def ask(self) -> list[LayerMask]:
-        self._asked = True
+        self._done = True
         return [self.mask]
 
     def tell(self, masks, fitness) -> None:
-        for m, f in zip(masks, fitness):
-            if f < self.best[1]:
-                self.best = (m, float(f))
-
-    @property
-    def done(self) -> bool:
-        return self._asked
+        self._record(masks, fitness)
 
 
 @register_searcher("bi")
