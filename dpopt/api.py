@@ -122,6 +122,8 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
         "wall_seconds": round(time.perf_counter() - start, 3),
         "history": [[n, (b if evaluator.direction == "minimize" else -b)] for n, b in res.history],
     }
+    if res.extra.get("interrupted"):
+        result["interrupted"] = True  # best so far; rerun the same command to resume
     if tracker is not None:
         result["study"] = tracker.study.study_name
         result["storage"] = storage or DEFAULT_STORAGE

@@ -131,6 +131,9 @@ def cmd_search(a) -> int:
     print(f"{res['objective']}: {res['fitness']:.6g}  (dense model: {res['dense_fitness']:.6g})")
     if a.output:
         print(f"wrote {a.output}")
+    if res.get("interrupted"):
+        print("dpopt: interrupted; this is the best so far. Rerun the same command to resume.", file=sys.stderr)
+        return 130
     return 0
 
 

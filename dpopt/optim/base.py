@@ -78,53 +78,60 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, tracker: Tracker |
     stale_batches = 0
     # greedy/beam pass through masks with fewer than k removed: only valid masks can be the answer
     constraint = getattr(searcher, "constraint", None)
-    while not searcher.done:
-        if budget.seconds is not None and time.perf_counter() - start >= budget.seconds:
-            break
-        left = None if budget.evaluations is None else budget.evaluations - len(seen)
-        if left is not None and left <= 0:
-            break
-        masks = list(searcher.ask())
-        if not masks:
-            break
-        if left is not None:
-            # count only masks not scored before; keep the batch up to the remaining budget
-            cut, fresh = [], set()
-            for m in masks:
-                if m.key() not in seen and m.key() not in fresh:
-                    if len(fresh) >= left:
-                        break
-                    fresh.add(m.key())
-                cut.append(m)
-            masks = cut
-        new = [m.key() not in seen for m in masks]
-        n_before = len(seen)
-        seen.update(m.key() for m in masks)
-        n_new = len(seen) - n_before
-        schedule = getattr(searcher, "race_schedule", None)
-        if schedule:
-            # multi-fidelity selection: only the survivors are told, at the richest fidelity
-            from ..fitness import race
+    interrupted = False
+    try:
+        while not searcher.done:
+            if budget.seconds is not None and time.perf_counter() - start >= budget.seconds:
+                break
+            left = None if budget.evaluations is None else budget.evaluations - len(seen)
+            if left is not None and left <= 0:
+                break
+            masks = list(searcher.ask())
+            if not masks:
+                break
+            if left is not None:
+                # count only masks not scored before; keep the batch up to the remaining budget
+                cut, fresh = [], set()
+                for m in masks:
+                    if m.key() not in seen and m.key() not in fresh:
+                        if len(fresh) >= left:
+                            break
+                        fresh.add(m.key())
+                    cut.append(m)
+                masks = cut
+            new = [m.key() not in seen for m in masks]
+            n_before = len(seen)
+            seen.update(m.key() for m in masks)
+            n_new = len(seen) - n_before
+            schedule = getattr(searcher, "race_schedule", None)
+            if schedule:
+                # multi-fidelity selection: only the survivors are told, at the richest fidelity
+                from ..fitness import race
 
-            masks, fitness = race(evaluator, masks, schedule)
-            new = [True] * len(masks)
-        else:
-            fitness = np.asarray(evaluator.evaluate(masks), dtype=float)
-        for m, f in zip(masks, fitness):
-            if f < best_fit and (constraint is None or constraint.is_valid(m)):
-                best_fit, best_mask = float(f), m
-        history.append((len(seen), best_fit))
-        if tracker is not None:
-            tracker.record(masks, fitness, new)
-        searcher.tell(masks, fitness)
-        if progress is not None:
-            progress(len(seen), best_fit)
-        stale_batches = 0 if n_new else stale_batches + 1
-        if stale_batches >= 50:
-            break
+                masks, fitness = race(evaluator, masks, schedule)
+                new = [True] * len(masks)
+            else:
+                fitness = np.asarray(evaluator.evaluate(masks), dtype=float)
+            for m, f in zip(masks, fitness):
+                if f < best_fit and (constraint is None or constraint.is_valid(m)):
+                    best_fit, best_mask = float(f), m
+            history.append((len(seen), best_fit))
+            if tracker is not None:
+                tracker.record(masks, fitness, new)
+            searcher.tell(masks, fitness)
+            if progress is not None:
+                progress(len(seen), best_fit)
+            stale_batches = 0 if n_new else stale_batches + 1
+            if stale_batches >= 50:
+                break
+    except KeyboardInterrupt:  # keep what was found; the caller reports it and exits
+        interrupted = True
     if best_mask is None:
+        if interrupted:
+            raise KeyboardInterrupt
         if constraint is not None and len(seen):
             raise UserError(f"the budget of {len(seen)} evaluations ran out before {searcher.name} reached a mask "
                             f"with {constraint.k} blocks removed; raise --budget")
         raise UserError(f"searcher {searcher.name!r} proposed no mask")
-    return SearchResult(best_mask, best_fit, len(seen), time.perf_counter() - start, history)
+    return SearchResult(best_mask, best_fit, len(seen), time.perf_counter() - start, history,
+                        extra={"interrupted": True} if interrupted else {})
