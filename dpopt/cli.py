@@ -39,9 +39,9 @@ def _objective_args(p: argparse.ArgumentParser, default_split: str) -> None:
     p.add_argument("--kl-topk", type=int, default=None, help="keep the dense model's top-k log-probs (k>=512)")
     p.add_argument("--acc-metric", default=None, choices=["acc", "acc_norm"])
     p.add_argument("--cache-mb", type=float, default=None,
-                   help="prefix-activation cache across calls (default: 10%% of the weights' size)")
+                   help="prefix-activation cache across calls (default: 5%% of the weights' size)")
     p.add_argument("--memory-mb", type=float, default=None,
-                   help="activation budget of one batched block call (default: 25%% of the weights' size)")
+                   help="activation budget of one batched block call (default: 1/8 of the weights' size on CPU, 1/2 on GPU)")
     p.add_argument("--no-prefix-sharing", action="store_true", help="run each mask alone (for checking)")
 
 

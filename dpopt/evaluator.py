@@ -94,9 +94,13 @@ class Evaluator(MemoEvaluator):
         self.prefix_sharing = prefix_sharing
         # Defaults scale with the model so that the evaluator's extra memory stays a
         # fraction of what the dense model's own evaluation needs (weights + one pass).
+        # On a CPU, stacking more prefixes into one call buys no speed (one batch already
+        # fills the cores), so the CPU default is lean; a GPU gains from wider calls.
         weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
-        self.memory_bytes = int(memory_mb * 2**20) if memory_mb else max(weights // 4, 64 * 2**20)
-        cache_bytes = int(cache_mb * 2**20) if cache_mb is not None else max(weights // 10, 16 * 2**20)
+        on_gpu = lm.masked.device.type != "cpu"
+        default_mem = weights // 2 if on_gpu else weights // 8
+        self.memory_bytes = int(memory_mb * 2**20) if memory_mb else max(default_mem, 64 * 2**20)
+        cache_bytes = int(cache_mb * 2**20) if cache_mb is not None else max(weights // 20, 16 * 2**20)
         self.cache = PrefixCache(cache_bytes if prefix_sharing else 0)
         self.partials: dict[tuple[bytes, int], Any] = {}
         self._prepared: dict[int, Any] = {}
