@@ -22,7 +22,9 @@ def load(model: str = "smollm2-135m", device: str = "auto", dtype: str = "float3
     from .models.masked import MaskedModel
 
     m, tok, source = load_model(model, device=device, dtype=dtype)
-    return LoadedModel(m, tok, MaskedModel(m), source)
+    masked = MaskedModel(m)
+    masked.verify()
+    return LoadedModel(m, tok, masked, source)
 
 
 def mask_from_removed(lm: LoadedModel, remove: str | Sequence[int]) -> LayerMask:

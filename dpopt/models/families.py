@@ -36,6 +36,7 @@ class FamilySpec:
     final: tuple[str, ...]  # modules applied after the last block, in order (norm, projections)
     head: str  # the output projection to the vocabulary
     logit_softcap: Callable[[object], float | None] = lambda config: None
+    logit_divisor: Callable[[object], float | None] = lambda config: None
     # attributes inside a block that hold its index (renumbered on export for the KV cache)
     layer_idx_attrs: tuple[str, ...] = ("layer_idx", "self_attn.layer_idx", "attn.layer_idx", "attention.layer_idx")
 
@@ -48,6 +49,9 @@ class FamilySpec:
             if module is not None:
                 hidden = module(hidden)
         logits = get_path(model, self.head)(hidden)
+        divisor = self.logit_divisor(model.config)
+        if divisor:
+            logits = logits / divisor
         cap = self.logit_softcap(model.config)
         if cap:
             logits = torch.tanh(logits / cap) * cap
@@ -63,7 +67,12 @@ def register_family(spec: FamilySpec, *model_types: str) -> FamilySpec:
 
 
 _LLAMA_LIKE = FamilySpec("llama-like", blocks="model.layers", final=("model.norm",), head="lm_head")
-register_family(_LLAMA_LIKE, "llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "olmo2", "smollm3")
+register_family(_LLAMA_LIKE, "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3")
+register_family(
+    FamilySpec("granite", blocks="model.layers", final=("model.norm",), head="lm_head",
+               logit_divisor=lambda c: getattr(c, "logits_scaling", None)),
+    "granite",
+)
 register_family(
     FamilySpec(
         "gemma",

@@ -61,6 +61,19 @@ def _tile(x: Any, batch: int, repeat: int) -> Any:
     return x
 
 
+def per_layer_config_keys(config, n_blocks: int) -> list[str]:
+    """Config entries that hold one value per block (``layer_types``, ``no_rope_layers``, ...).
+
+    They must be cut to the kept blocks along with the blocks themselves; any list as long
+    as the block count is taken to be one of them.
+    """
+    keys = []
+    for key, value in vars(config).items():
+        if isinstance(value, (list, tuple)) and len(value) == n_blocks and not key.startswith("_"):
+            keys.append(key)
+    return sorted(keys)
+
+
 def _first_tensor(out: Any) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out[0]
 
@@ -146,6 +159,26 @@ class MaskedModel:
             stubbed.append(block)
         return stubbed
 
+    @torch.no_grad()
+    def verify(self, n_tokens: int = 8, tol: float = 1e-3) -> None:
+        """Check once that blocks + the family's head reproduce the model's own logits.
+
+        A model type registered for a family can still differ in its head (a logit scale,
+        a projection); this catches it on load instead of scoring every mask wrongly.
+        """
+        vocab = getattr(self.model.config.get_text_config(), "vocab_size", 100) or 100
+        ids = (torch.arange(n_tokens) % max(vocab - 2, 1) + 2).unsqueeze(0)
+        prepared = self.prepare(ids, dense=True)
+        ours = self.forward_masked(LayerMask.dense(self.n_blocks), prepared)
+        ref = prepared.dense_logits
+        err = (ours.float() - ref.float()).abs().max().item()
+        scale = max(ref.float().abs().max().item(), 1.0)
+        if not err <= tol * scale:
+            from ..errors import UserError
+
+            raise UserError(f"{type(self.model).__name__}: masked execution does not reproduce the model's logits "
+                            f"(max diff {err:.3g}); its family {self.family.name!r} needs a dedicated entry")
+
     # --- execution ----------------------------------------------------------------------
     @torch.no_grad()
     def run_block(self, block: int, hidden: torch.Tensor, prepared: Prepared) -> torch.Tensor:
@@ -188,12 +221,14 @@ class MaskedModel:
 
         kept = list(mask.kept())
         config = self.model.config
-        saved_cfg = {k: getattr(config, k) for k in ("num_hidden_layers", "layer_types") if hasattr(config, k)}
+        per_layer = per_layer_config_keys(config, self.n_blocks)
+        saved_cfg = {k: getattr(config, k) for k in ("num_hidden_layers", *per_layer)}
         saved_idx = renumber_in_place(self.family, self.blocks, kept)  # returns restore info
         set_path(self.model, self.family.blocks, nn.ModuleList([self.blocks[i] for i in kept]))
         config.num_hidden_layers = len(kept)
-        if "layer_types" in saved_cfg and saved_cfg["layer_types"] is not None:
-            config.layer_types = [saved_cfg["layer_types"][i] for i in kept]
+        for key in per_layer:  # layer_types, SmolLM3's no_rope_layers, ...: one entry per block
+            value = saved_cfg[key]
+            setattr(config, key, type(value)(value[i] for i in kept))
         try:
             yield self.model
         finally:

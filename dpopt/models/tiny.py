@@ -22,6 +22,10 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
     "opt": ("OPTConfig", dict(ffn_dim=64, word_embed_proj_dim=16, do_layer_norm_before=True)),
     "gpt_neox": ("GPTNeoXConfig", dict(rotary_pct=0.5)),
     "phi3": ("Phi3Config", dict(num_key_value_heads=2)),
+    "granite": ("GraniteConfig", dict(num_key_value_heads=2, logits_scaling=4.0)),
+    "olmo2": ("Olmo2Config", dict(num_key_value_heads=2)),
+    "smollm3": ("SmolLM3Config", dict(num_key_value_heads=2)),
+    "gemma2": ("Gemma2Config", dict(num_key_value_heads=1, head_dim=8, sliding_window=8)),
 }
 
 
