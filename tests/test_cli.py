@@ -147,3 +147,23 @@ def test_listing_commands(capsys):
     rc, out, _ = run_cli(["algos"], capsys)
     for name in ("greedy", "beam", "random", "genetic", "cma", "bayes", "anneal", "bi", "angular", "single"):
         assert name in out
+
+
+def test_bare_checkpoint_without_tokenizer(tmp_path, text_file, capsys):
+    """A random-init checkpoint saved without a tokenizer is searchable if bytes fit its vocabulary."""
+    from transformers import AutoModelForCausalLM
+
+    from dpopt.models.tiny import tiny_config
+
+    for vocab, ok in ((300, True), (128, False)):
+        config = tiny_config("llama", 6)
+        config.vocab_size = vocab
+        path = tmp_path / f"bare{vocab}"
+        AutoModelForCausalLM.from_config(config).save_pretrained(path)
+        rc, out, err = run_cli(["eval", "--model", path, "--remove", "2", "--data", text_file, "--tokens", 128,
+                                "--seq-len", 32], capsys)
+        if ok:
+            assert rc == 0, err
+            assert "byte-level" in err and "ppl" in out
+        else:
+            assert_user_error(rc, err, "tokenizer")

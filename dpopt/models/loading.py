@@ -55,6 +55,29 @@ def _one_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
+def _folder_tokenizer(path: Path, model):
+    """The folder's tokenizer; for a bare random-init checkpoint, a byte-level stand-in.
+
+    Checkpoints built from a config for experiments often come without a tokenizer. Bytes
+    are valid token ids for any vocabulary of 257 or more, so such a model can still be
+    searched; smaller vocabularies cannot be fed text and are refused.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as exc:
+        vocab = getattr(model.config.get_text_config(), "vocab_size", 0) or 0
+        if vocab < 257:
+            raise UserError(f"cannot load a tokenizer from {path}: {_one_line(exc)}") from None
+        import sys
+
+        from .tiny import tiny_tokenizer
+
+        print(f"dpopt: {path} has no tokenizer; using a byte-level one (token ids 0..256)", file=sys.stderr)
+        return tiny_tokenizer()
+
+
 def load_model(spec: str, device: str = "auto", dtype: str = "float32"):
     """Return ``(model, tokenizer, source)``; the model is in eval mode on ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -81,9 +104,9 @@ def load_model(spec: str, device: str = "auto", dtype: str = "float32"):
         else:
             try:
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-                tok = AutoTokenizer.from_pretrained(path)
             except Exception as exc:
                 raise UserError(f"cannot load model from {path}: {_one_line(exc)}") from None
+            tok = _folder_tokenizer(path, model)
     elif "/" in spec and not spec.startswith((".", "/", "~")):
         try:  # a hub id, only from the local cache: no hub is reachable
             model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch_dtype, local_files_only=True)
