@@ -40,11 +40,13 @@ class KLDivergence:
         for b in self._batches:
             prepared = lm.masked.prepare(b.input_ids, dense=True)
             logp = torch.log_softmax(prepared.dense_logits.float(), dim=-1)
+            # targets stay on the model's device: moving them per scored mask would cost
+            # more than the score itself on a GPU
             if self.topk:
                 top, idx = logp.topk(min(self.topk, logp.shape[-1]), dim=-1)
-                b.extra["target"] = (top.cpu(), idx.cpu())
+                b.extra["target"] = (top, idx)
             else:
-                b.extra["target"] = logp.cpu()
+                b.extra["target"] = logp
 
     def batches(self, fidelity: int | None = None):
         return take_fidelity(self._batches, fidelity)
