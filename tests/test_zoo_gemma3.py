@@ -23,7 +23,7 @@ def test_gemma3_perplexity_and_export(lm, tmp_path):
     dense = ev.dense_value()
     assert 5 < dense < 40, dense
     assert ev.raw(dpopt.mask_from_removed(lm, [17])) > 1.5 * dense
-    removed = [3, 5, 11]  # two sliding and one full layer: layer_types must be renumbered
+    removed = [3, 4, 11]  # two sliding and one full layer: layer_types must be renumbered
     out = dpopt.export(lm, removed, tmp_path / "g")
     expected = [t for i, t in enumerate(lm.model.config.layer_types) if i not in removed]
     code = (
