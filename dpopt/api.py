@@ -5,12 +5,11 @@ The CLI only parses arguments and calls these; scripts and notebooks call them d
 from __future__ import annotations
 
 import json
+import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
 from .errors import UserError
 from .evaluator import Evaluator, LoadedModel
@@ -149,16 +148,12 @@ def _check_writable(path: str) -> None:
         raise UserError(f"--output {path} is a directory")
     if not parent.exists():
         raise UserError(f"--output folder {parent} does not exist")
-    import os
-
     if not os.access(parent, os.W_OK):
         raise UserError(f"--output {path} is not writable")
 
 
 def write_json(path: str, data: dict) -> None:
     """Write atomically, so an interrupted run never leaves half a result.json."""
-    import os
-
     p = Path(path).expanduser()
     tmp = p.with_name(f".{p.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")

@@ -114,10 +114,8 @@ def load_model(spec: str, device: str = "auto", dtype: str = "float32"):
         except Exception:
             raise UserError(f"hub model {spec!r} is not in the local Hugging Face cache (no hub is reachable)") from None
     else:
-        from .zoo import ZOO as zoo
-
         raise UserError(
-            f"unknown model {spec!r}: give a zoo name ({', '.join(zoo.names())}), a checkpoint folder, a .gguf file or a cached hub id"
+            f"unknown model {spec!r}: give a zoo name ({', '.join(ZOO.names())}), a checkpoint folder, a .gguf file or a cached hub id"
         )
     strip_quantization(model)
     model.to(dev).eval()
