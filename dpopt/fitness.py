@@ -58,12 +58,10 @@ class MemoEvaluator:
 class FunctionEvaluator(MemoEvaluator):
     """Scores masks with a plain function: synthetic objectives for tests and benchmarks."""
 
-    def __init__(self, fn: Callable[[LayerMask], float], direction: str = "minimize",
-                 fidelities: Sequence[int] = ()):
+    def __init__(self, fn: Callable[[LayerMask], float], direction: str = "minimize"):
         super().__init__()
         self.fn = fn
         self.direction = direction
-        self.fidelities = tuple(fidelities)
 
     def _score(self, masks, fidelity):
         return [self.fn(m) for m in masks]

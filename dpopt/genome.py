@@ -65,9 +65,6 @@ class LayerMask:
     def __repr__(self) -> str:
         return f"LayerMask(n={self.n_units}, removed={list(self.removed())})"
 
-    def to_string(self) -> str:
-        return "".join("1" if b else "0" for b in self.bits)
-
     # --- neighbours ---------------------------------------------------------------------
     def with_removed(self, i: int) -> "LayerMask":
         bits = self.bits.copy()
@@ -77,13 +74,6 @@ class LayerMask:
     def with_kept(self, i: int) -> "LayerMask":
         bits = self.bits.copy()
         bits[i] = True
-        return LayerMask(bits)
-
-    def swapped(self, kept_i: int, removed_j: int) -> "LayerMask":
-        """Remove block ``kept_i`` and restore block ``removed_j``: K stays the same."""
-        bits = self.bits.copy()
-        bits[kept_i] = False
-        bits[removed_j] = True
         return LayerMask(bits)
 
 
@@ -158,11 +148,6 @@ class Constraint:
         if mask.n_units != self.n_units or len(mask.removed()) != self.k:
             return False
         return all(mask.bits[p] for p in self.protect)
-
-    def check(self, mask: LayerMask) -> LayerMask:
-        if not self.is_valid(mask):
-            raise ValueError(f"{mask!r} violates {self!r}")
-        return mask
 
     # --- sampling and operators (all keep exactly k removed) ---------------------------
     def random_mask(self, rng: np.random.Generator) -> LayerMask:

@@ -96,12 +96,12 @@ class StudyTracker:
 
 
 class EvaluatorTracker:
-    """Adapts ``run_search``'s record(masks, fitness, new) to the study: logs raw values."""
+    """Adapts ``run_search``'s record(masks, fitness) to the study: logs raw values."""
 
     def __init__(self, tracker: StudyTracker, evaluator):
         self.tracker, self.evaluator = tracker, evaluator
 
-    def record(self, masks, fitness, new) -> None:
+    def record(self, masks, fitness) -> None:
         raws = []
         for m, f in zip(masks, fitness):
             raws.append(float("nan") if not np.isfinite(f) else (f if self.evaluator.direction == "minimize" else -f))

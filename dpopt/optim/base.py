@@ -14,6 +14,7 @@ import numpy as np
 
 from ..genome import Constraint, LayerMask
 from ..errors import UserError
+from ..fitness import race
 from ..registry import Registry
 
 
@@ -58,7 +59,7 @@ class SearchResult:
 
 
 class Tracker(Protocol):
-    def record(self, masks: Sequence[LayerMask], fitness: np.ndarray, new: Sequence[bool]) -> None: ...
+    def record(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None: ...
 
 
 def run_search(searcher: Searcher, evaluator, budget: Budget, tracker: Tracker | None = None,
@@ -99,17 +100,13 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, tracker: Tracker |
                         fresh.add(m.key())
                     cut.append(m)
                 masks = cut
-            new = [m.key() not in seen for m in masks]
             n_before = len(seen)
             seen.update(m.key() for m in masks)
             n_new = len(seen) - n_before
             schedule = getattr(searcher, "race_schedule", None)
             if schedule:
                 # multi-fidelity selection: only the survivors are told, at the richest fidelity
-                from ..fitness import race
-
                 masks, fitness = race(evaluator, masks, schedule)
-                new = [True] * len(masks)
             else:
                 fitness = np.asarray(evaluator.evaluate(masks), dtype=float)
             for m, f in zip(masks, fitness):
@@ -117,7 +114,7 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, tracker: Tracker |
                     best_fit, best_mask = float(f), m
             history.append((len(seen), best_fit))
             if tracker is not None:
-                tracker.record(masks, fitness, new)
+                tracker.record(masks, fitness)
             searcher.tell(masks, fitness)
             if progress is not None:
                 progress(len(seen), best_fit)
