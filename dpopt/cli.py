@@ -178,7 +178,7 @@ def cmd_models(a) -> int:
 
 
 def cmd_data(a) -> int:
-    from .objectives.data import list_datasets
+    from .data import list_datasets
 
     print(f"{'name':<13}{'kind':<6}{'size':>7}  {'license':<18}description")
     for row in list_datasets():
@@ -198,7 +198,7 @@ def cmd_algos(a) -> int:
 
 def cmd_fetch(a) -> int:
     from .models.zoo import ZOO
-    from .objectives.data import DATASETS
+    from .data import DATASETS
 
     for name in a.names:
         if name in ZOO:

@@ -80,7 +80,7 @@ def make_documents(n_docs: int = 40, seed: int = 0) -> list[str]:
 
 
 def make_questions(n: int = 12, seed: int = 0):
-    from dpopt.objectives.data import MCQuestion
+    from dpopt.data import MCQuestion
 
     rng = random.Random(seed)
     out = []
@@ -93,13 +93,13 @@ def make_questions(n: int = 12, seed: int = 0):
 
 @pytest.fixture
 def text_data():
-    from dpopt.objectives.data import TextData
+    from dpopt.data import TextData
 
     return TextData("toy-text", make_documents())
 
 
 @pytest.fixture
 def mc_data():
-    from dpopt.objectives.data import MCData
+    from dpopt.data import MCData
 
     return MCData("toy-mc", make_questions())

@@ -9,7 +9,7 @@ from ..errors import UserError
 from . import acc, kl, ppl  # noqa: F401  (fill the registry)
 from .base import OBJECTIVES, Batch, Objective, check_objective, register_objective
 from .composite import Composite
-from .data import DEFAULT_TEXT, MCData, TextData, load_data
+from ..data import DEFAULT_TEXT, MCData, TextData, load_data
 
 DEFAULT_TASKS = "mmlu"
 

@@ -63,7 +63,7 @@ class Accuracy:
         self._batches: list[Batch] = []
 
     def prepare(self, lm, data) -> None:
-        from .data import MCData
+        from ..data import MCData
 
         if not isinstance(data, MCData):
             raise UserError(f"objective 'acc' needs a multiple-choice data set; {data.name!r} is text (try --tasks mmlu)")

@@ -125,7 +125,7 @@ def leading_bos(tokenizer) -> int | None:
 
 
 def require_text(data, objective: str):
-    from .data import TextData
+    from ..data import TextData
 
     if not isinstance(data, TextData):
         raise UserError(f"objective {objective!r} needs text data; {getattr(data, 'name', data)!r} is a multiple-choice set")
