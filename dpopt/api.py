@@ -4,26 +4,29 @@ The CLI only parses arguments and calls these; scripts and notebooks call them d
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 
+from .data import DEFAULT_DATA_SEED, DEFAULT_TEXT
 from .errors import UserError
 from .evaluator import Evaluator, LoadedModel
 from .genome import LayerMask, parse_index_list
+from .objectives import DEFAULT_TASKS
+from .result import SearchResult, write_json  # noqa: F401  (write_json: public helper)
+from .tracking import Fingerprint
 
 
 def load(model: str = "smollm2-135m", device: str = "auto", dtype: str = "float32") -> LoadedModel:
     from .models.loading import load_model
     from .models.masked import MaskedModel
 
-    m, tok, source = load_model(model, device=device, dtype=dtype)
+    m, tok, source, weights = load_model(model, device=device, dtype=dtype)
     masked = MaskedModel(m)
     masked.verify()
-    return LoadedModel(m, tok, masked, source)
+    return LoadedModel(m, tok, masked, source, path=weights)
 
 
 def mask_from_removed(lm: LoadedModel, remove: str | Sequence[int]) -> LayerMask:
@@ -34,15 +37,31 @@ def mask_from_removed(lm: LoadedModel, remove: str | Sequence[int]) -> LayerMask
 
 
 def make_evaluator(lm: LoadedModel, objective: str = "ppl", data: str | None = None, tasks: str | None = None,
-                   split: str = "calib", seed: int = 0, prefix_sharing: bool = True, cache_mb: float | None = None,
-                   memory_mb: float | None = None, **options) -> Evaluator:
-    """Build the objective on its data split, prepare it once, and wrap it in the evaluator."""
-    from .objectives import build_objective
+                   split: str = "calib", data_seed: int = DEFAULT_DATA_SEED, prefix_sharing: bool = True,
+                   cache_mb: float | None = None, memory_mb: float | None = None, **options) -> Evaluator:
+    """Build the objective on its data split, prepare it once, and wrap it in the evaluator.
+
+    The evaluator's fingerprint names everything that decides its values, so a study never
+    mixes values measured under other settings.
+    """
+    from .objectives import build_objective, uses_tasks
 
     options = {k: v for k, v in options.items() if v is not None}
-    obj, obj_data = build_objective(objective, data=data, tasks=tasks, split=split, seed=seed, **options)
+    obj, obj_data = build_objective(objective, data=data, tasks=tasks, split=split, seed=data_seed, **options)
     obj.prepare(lm, obj_data)
-    return Evaluator(lm, obj, prefix_sharing=prefix_sharing, cache_mb=cache_mb, memory_mb=memory_mb)
+    text, mc = uses_tasks(objective)
+    settings = {
+        "model": lm.identity(),
+        "dtype": str(lm.masked.dtype).replace("torch.", ""),
+        "objective": obj.name,
+        "options": obj.settings(),
+        "data": (data or DEFAULT_TEXT) if text else None,
+        "tasks": (tasks or DEFAULT_TASKS) if mc else None,
+        "split": split,
+        "data_seed": data_seed,
+    }
+    return Evaluator(lm, obj, prefix_sharing=prefix_sharing, cache_mb=cache_mb, memory_mb=memory_mb,
+                     fingerprint=Fingerprint(settings))
 
 
 def export(lm: LoadedModel, remove: str | Sequence[int], out: str, force: bool = False) -> Path:
@@ -53,42 +72,59 @@ def export(lm: LoadedModel, remove: str | Sequence[int], out: str, force: bool =
     return export_pruned(lm.masked, lm.tokenizer, mask, out, source=lm.source, force=force)
 
 
-def default_study_name(model: str, objective: str, algo: str, k: int, seed: int) -> str:
-    return f"{Path(model).name}-{objective}-{algo}-k{k}-seed{seed}"
+def default_study_name(lm: LoadedModel, evaluator: Evaluator, algo: str, k: int, seed: int) -> str:
+    """Named after the settings, so a changed setting opens a new study instead of a stale one."""
+    return f"{Path(lm.source).name}-{evaluator.objective.name}-{algo}-k{k}-seed{seed}-{evaluator.fingerprint.short}"
+
+
+def open_record(lm: LoadedModel, evaluator: Evaluator, algo: str, k: int, seed: int, storage: str | None,
+                study: str | None, extra: dict | None = None):
+    """The study a run records into (None with ``storage="none"``); refuses a foreign fingerprint."""
+    from .tracking import DEFAULT_STORAGE, RunInfo, StudyRecord
+
+    if storage == "none":
+        return None
+    return StudyRecord(storage or DEFAULT_STORAGE, study or default_study_name(lm, evaluator, algo, k, seed),
+                       evaluator.fingerprint, evaluator.objective.name, evaluator.direction,
+                       [f"{i:02d}" for i in range(lm.n_blocks)],
+                       RunInfo(algo=algo, seed=seed, extra=dict(k=k, model=lm.source, **(extra or {}))))
+
+
+def make_searcher(algo: str, constraint, evaluator: Evaluator, seed: int, options: dict | None = None):
+    from .optim import SEARCHERS
+
+    factory = SEARCHERS.get(algo)
+    contract = ("needs_block_stats", "race_schedule", "ask", "tell", "done")
+    missing = [a for a in contract if not hasattr(factory, a)]
+    if missing:
+        raise UserError(f"searcher {algo!r} does not meet the Searcher protocol (missing {', '.join(missing)}); "
+                        "subclass dpopt.optim.SearcherBase")
+    options = dict(options or {})
+    if factory.needs_block_stats:
+        options["stats"] = evaluator.block_stats()
+    try:
+        return factory(constraint, seed=seed, **options)
+    except TypeError as exc:
+        raise UserError(f"bad option for --algo {algo}: {exc}") from None
 
 
 def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None = None,
            sparsity: float | None = None, protect: str | Sequence[int] | None = None,
            budget: int | None = 200, seconds: float | None = None, seed: int = 0,
            storage: str | None = None, study: str | None = None, output: str | None = None,
-           progress: bool = True, algo_options: dict | None = None) -> dict:
-    """Run one searcher against the evaluator; record every evaluation; return result.json's dict."""
+           progress: bool = True, algo_options: dict | None = None) -> SearchResult:
+    """Run one searcher against the evaluator, every evaluation recorded in the study; return the result."""
     from .genome import Constraint
-    from .optim import SEARCHERS, Budget, run_search
-    from .tracking import DEFAULT_STORAGE, EvaluatorTracker, StudyTracker
+    from .optim import Budget, run_search
+    from .tracking import DEFAULT_STORAGE
 
     constraint = Constraint.build(lm.n_blocks, remove=remove, sparsity=sparsity, protect=protect)
     limits = Budget(budget, seconds)
     if output:
-        _check_writable(output)
-    factory = SEARCHERS.get(algo)
-    options = dict(algo_options or {})
-    if getattr(factory, "needs_block_stats", False):
-        options["stats"] = evaluator.block_stats()
-    try:
-        searcher = factory(constraint, seed=seed, **options)
-    except TypeError as exc:
-        raise UserError(f"bad option for --algo {algo}: {exc}") from None
+        check_writable(output)
+    searcher = make_searcher(algo, constraint, evaluator, seed, algo_options)
     objective_name = evaluator.objective.name
-    tracker = None
-    if storage != "none":
-        tracker = StudyTracker(storage or DEFAULT_STORAGE,
-                               study or default_study_name(lm.source, objective_name, algo, constraint.k, seed),
-                               evaluator.direction, lm.n_blocks,
-                               attrs=dict(model=lm.source, objective=objective_name, algo=algo, k=constraint.k, seed=seed))
-        for key, raw in tracker.previous().items():
-            evaluator.memo[(key, None)] = raw
-    dense = evaluator.dense_value()
+    record = open_record(lm, evaluator, algo, constraint.k, seed, storage, study)
     bar = _progress_bar(budget, f"{algo}", enabled=progress)
     start = time.perf_counter()
 
@@ -100,36 +136,26 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
             bar.refresh()
 
     try:
-        res = run_search(searcher, evaluator, limits, EvaluatorTracker(tracker, evaluator) if tracker else None,
-                         progress=on_progress)
+        with evaluator.recording(record):
+            dense = evaluator.dense_value()
+            res = run_search(searcher, evaluator, limits, record, progress=on_progress)
     finally:
         if bar is not None:
             bar.close()
-    raw = evaluator.raw(res.best)
-    result = {
-        "removed_layers": list(res.best.removed()),
-        "kept_layers": list(res.best.kept()),
-        "fitness": raw,
-        "dense_fitness": dense,
-        "objective": objective_name,
-        "direction": evaluator.direction,
-        "algo": algo,
-        "evaluations": res.evaluations,
-        "seed": seed,
-        "model": lm.source,
-        "n_blocks": lm.n_blocks,
-        "remove": constraint.k,
-        "protect": list(constraint.protect),
-        "wall_seconds": round(time.perf_counter() - start, 3),
-        "history": [[n, (b if evaluator.direction == "minimize" else -b)] for n, b in res.history],
-    }
-    if res.extra.get("interrupted"):
-        result["interrupted"] = True  # best so far; rerun the same command to resume
-    if tracker is not None:
-        result["study"] = tracker.study.study_name
-        result["storage"] = storage or DEFAULT_STORAGE
+    sign = 1 if evaluator.direction == "minimize" else -1
+    settings = evaluator.fingerprint.settings
+    result = SearchResult(
+        removed_layers=list(res.best.removed()), kept_layers=list(res.best.kept()), fitness=evaluator.raw(res.best),
+        dense_fitness=dense, objective=objective_name, direction=evaluator.direction, algo=algo,
+        evaluations=res.evaluations, seed=seed, model=lm.source, n_blocks=lm.n_blocks, remove=constraint.k,
+        protect=list(constraint.protect), wall_seconds=round(time.perf_counter() - start, 3),
+        history=[(n, sign * b) for n, b in res.history], fingerprint=evaluator.fingerprint.digest, settings=settings,
+        data=settings.get("data") or settings.get("tasks"), split=settings["split"], data_seed=settings["data_seed"],
+        kl_topk=settings["options"].get("kl_topk") if isinstance(settings["options"], dict) else None,
+        study=record.study_name if record else None, storage=(storage or DEFAULT_STORAGE) if record else None,
+        run=record.run.run if record else None, interrupted=bool(res.extra.get("interrupted")))
     if output:
-        write_json(output, result)
+        result.write_json(output)
     return result
 
 
@@ -141,37 +167,28 @@ def _progress_bar(total, desc, enabled=True):
     return tqdm(total=total, desc=desc, unit="eval", dynamic_ncols=True)
 
 
-def _check_writable(path: str) -> None:
+def check_writable(path: str, flag: str = "--output") -> None:
+    """Refuse an output path that cannot be written, before any model loads."""
     p = Path(path).expanduser()
     parent = p.parent if str(p.parent) else Path(".")
     if p.is_dir():
-        raise UserError(f"--output {path} is a directory")
+        raise UserError(f"{flag} {path} is a directory")
     if not parent.exists():
-        raise UserError(f"--output folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"--output {path} is not writable")
-
-
-def write_json(path: str, data: dict) -> None:
-    """Write atomically, so an interrupted run never leaves half a result.json."""
-    p = Path(path).expanduser()
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, p)
+        raise UserError(f"{flag} folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UserError(f"{flag} {path} is not writable")
 
 
 def evaluate_mask(lm: LoadedModel, remove: str | Sequence[int] | None, objectives: Sequence[str],
-                  data: str | None = None, tasks: str | None = None, split: str = "eval", seed: int = 0,
-                  **options) -> dict:
+                  data: str | None = None, tasks: str | None = None, split: str = "eval",
+                  data_seed: int = DEFAULT_DATA_SEED, **options) -> dict:
     """Score one mask (and the dense model) on held-out data for each objective."""
     mask = mask_from_removed(lm, remove or [])
     rows = {}
     for spec in objectives:
-        ev = make_evaluator(lm, spec, data=data, tasks=tasks, split=split, seed=seed, **options)
-        row = {"pruned": ev.raw(mask), "dense": ev.dense_value(), "direction": ev.direction}
-        report = getattr(ev.objective, "report", None)
-        if callable(report):
-            keys = [(mask.key(), b.index) for b in ev.objective.batches(None)]
-            row["details"] = report([ev.partials[k] for k in keys])
+        ev = make_evaluator(lm, spec, data=data, tasks=tasks, split=split, data_seed=data_seed, **options)
+        row = {"pruned": ev.raw(mask), "dense": ev.dense_value(), "direction": ev.direction,
+               "details": ev.details(mask), "settings": ev.fingerprint.settings["options"]}
         rows[ev.objective.name] = row
-    return {"removed_layers": list(mask.removed()), "model": lm.source, "split": split, "objectives": rows}
+    return {"removed_layers": list(mask.removed()), "model": lm.source, "split": split, "data_seed": data_seed,
+            "objectives": rows}

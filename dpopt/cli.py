@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+from .data import DEFAULT_DATA_SEED
 from .errors import UserError
 
 EPILOG = "Docs: README.md. Errors a user can cause exit with status 2."
@@ -32,6 +33,9 @@ def _objective_args(p: argparse.ArgumentParser, default_split: str) -> None:
     p.add_argument("--data", default=None, help="text data: zoo name or .txt/.jsonl file (default wikipedia)")
     p.add_argument("--tasks", default=None, help="multiple-choice data for acc (default mmlu)")
     p.add_argument("--split", default=default_split, choices=["calib", "eval", "all"])
+    p.add_argument("--data-seed", type=int, default=DEFAULT_DATA_SEED,
+                   help="orders the items inside a split (default %(default)s); apart from --seed, and calib/eval "
+                        "never share an item whatever the seeds")
     p.add_argument("--tokens", type=int, default=None, help="calibration tokens for ppl/kl (default 4096)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 512)")
     p.add_argument("--batch-size", type=int, default=None, help="sequences or questions per batch")
@@ -81,7 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(e)
     e.add_argument("--remove", default="", help="blocks to remove, e.g. 3,7,12")
     _objective_args(e, "eval")
-    e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true", help="print JSON")
 
     x = sub.add_parser("export", help="write the pruned model as a plain transformers checkpoint")
@@ -118,23 +121,46 @@ def cmd_search(a) -> int:
         raise UserError("give --remove K or --sparsity F")
     from .optim import SEARCHERS
 
+    from .tracking import DEFAULT_STORAGE, check_storage_writable
+
     SEARCHERS.get(a.algo)  # fail on an unknown --algo before loading anything
+    if a.storage != "none":
+        check_storage_writable(a.storage or DEFAULT_STORAGE)
+    if a.output:
+        api.check_writable(a.output)
     lm = api.load(a.model, a.device, a.dtype)
-    ev = api.make_evaluator(lm, a.objective, data=a.data, tasks=a.tasks, split=a.split, seed=a.seed,
+    ev = api.make_evaluator(lm, a.objective, data=a.data, tasks=a.tasks, split=a.split, data_seed=a.data_seed,
                             prefix_sharing=not a.no_prefix_sharing, cache_mb=a.cache_mb, memory_mb=a.memory_mb,
                             **_objective_options(a))
     res = api.search(lm, ev, a.algo, remove=a.remove, sparsity=a.sparsity, protect=a.protect, budget=a.budget,
                      seconds=a.time_budget, seed=a.seed, storage=a.storage, study=a.study, output=a.output,
                      progress=not a.no_progress, algo_options=options)
-    print(f"best mask: remove {res['removed_layers']} of {res['n_blocks']} blocks ({a.algo}, {res['evaluations']} evaluations, "
-          f"{res['wall_seconds']:.1f} s)")
-    print(f"{res['objective']}: {res['fitness']:.6g}  (dense model: {res['dense_fitness']:.6g})")
+    print(f"best mask: remove {res.removed_layers} of {res.n_blocks} blocks ({a.algo}, {res.evaluations} evaluations, "
+          f"{res.wall_seconds:.1f} s)")
+    print(f"{res.objective}: {res.fitness:.6g}  (dense model: {res.dense_fitness:.6g})")
     if a.output:
         print(f"wrote {a.output}")
-    if res.get("interrupted"):
+    if res.study:
+        print(f"study {res.study!r} in {res.storage} ({res.evaluations} evaluations recorded)")
+    print(_next_commands(a, res))
+    if res.interrupted:
         print("dpopt: interrupted; this is the best so far. Rerun the same command to resume.", file=sys.stderr)
         return 130
     return 0
+
+
+def _next_commands(a, res) -> str:
+    """What a user runs next with this mask: export it, judge it on held-out data, look at the study."""
+    exe = "dpopt"
+    removed = ",".join(map(str, res.removed_layers))
+    model = a.model if " " not in a.model else repr(a.model)
+    data = f" --data {a.data}" if a.data else ""
+    lines = ["next:",
+             f"  {exe} export --model {model} --remove {removed} --out pruned-model",
+             f"  {exe} eval --model {model} --remove {removed} --objective 'ppl;kl'{data}   # held-out split"]
+    if res.study:
+        lines.append(f"  {exe} dashboard --storage {res.storage}")
+    return "\n".join(lines)
 
 
 def cmd_eval(a) -> int:
@@ -142,15 +168,15 @@ def cmd_eval(a) -> int:
 
     lm = api.load(a.model, a.device, a.dtype)
     specs = [s.strip() for s in a.objective.split(";") if s.strip()]
-    res = api.evaluate_mask(lm, a.remove, specs, data=a.data, tasks=a.tasks, split=a.split, seed=a.seed,
+    res = api.evaluate_mask(lm, a.remove, specs, data=a.data, tasks=a.tasks, split=a.split, data_seed=a.data_seed,
                             prefix_sharing=not a.no_prefix_sharing, cache_mb=a.cache_mb, memory_mb=a.memory_mb,
                             **_objective_options(a))
     if a.json:
         print(json.dumps(res, indent=2))
         return 0
-    print(f"model {res['model']}, removed {res['removed_layers']}, {res['split']} split")
+    print(f"model {res['model']}, removed {res['removed_layers']}, {res['split']} split (data seed {res['data_seed']})")
     for name, row in res["objectives"].items():
-        extra = "".join(f"  {k}={v:.4f}" for k, v in row.get("details", {}).items())
+        extra = "".join(f"  {k}={v:.4f}" for k, v in row["details"].items() if k != name)
         print(f"{name:>10}: pruned {row['pruned']:.6g}   dense {row['dense']:.6g}{extra}")
     return 0
 

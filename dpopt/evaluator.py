@@ -13,7 +13,7 @@ activations shared by several masks, kept across calls within ``cache_mb``.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,10 +31,20 @@ class LoadedModel:
     tokenizer: Any
     masked: Any  # MaskedModel
     source: str = ""
+    path: str | None = None  # the checkpoint folder or GGUF file it was loaded from, if any
+    _identity: dict | None = field(default=None, repr=False)
 
     @property
     def n_blocks(self) -> int:
         return self.masked.n_blocks
+
+    def identity(self) -> dict:
+        """What makes these weights these weights, independent of folder names and devices."""
+        if self._identity is None:
+            from .models.identity import model_identity
+
+            self._identity = model_identity(self.model, self.path)
+        return self._identity
 
 
 @dataclass
@@ -85,12 +95,20 @@ def _prefix_key(mask: LayerMask, level: int) -> bytes:
 
 
 class Evaluator(MemoEvaluator):
+    """Scores masks of one loaded model on one prepared objective.
+
+    ``fingerprint`` (set by :func:`dpopt.make_evaluator`) names everything that decides the
+    values; the study record refuses to mix values across fingerprints.
+    """
+
     def __init__(self, lm: LoadedModel, objective, prefix_sharing: bool = True, cache_mb: float | None = None,
-                 memory_mb: float | None = None):
+                 memory_mb: float | None = None, fingerprint=None):
         super().__init__()
         self.lm = lm
         self.objective = objective
         self.direction = objective.direction
+        self.fingerprint = fingerprint
+        self.units_scored = 0  # tokens (or questions) pushed through a head: the grid's real work
         self.prefix_sharing = prefix_sharing
         # Defaults scale with the model so that the evaluator's extra memory stays a
         # fraction of what the dense model's own evaluation needs (weights + one pass).
@@ -113,6 +131,21 @@ class Evaluator(MemoEvaluator):
     def dense_value(self, fidelity: int | None = None) -> float:
         return self.raw(LayerMask.dense(self.n_units), fidelity)
 
+    @property
+    def full_fidelity(self) -> int:
+        return int(sum(b.size for b in self.objective.batches(None)))
+
+    def resolve_fidelity(self, fidelity: int | None) -> int:
+        """Tokens (or questions) really scored at ``fidelity``: 2048 and None are one key when
+        the data holds 2048, so a race stage and a full evaluation share their values."""
+        return int(sum(b.size for b in self.objective.batches(fidelity)))
+
+    def details(self, mask: LayerMask, fidelity: int | None = None) -> dict[str, float]:
+        """The objective's full report for a mask (e.g. acc and acc_norm), from its memoised partials."""
+        self.evaluate([mask], fidelity)
+        batches = self.objective.batches(self.resolve_fidelity(fidelity))
+        return self.objective.report([self.partials[(mask.key(), b.index)] for b in batches])
+
     # --- the memo layer -----------------------------------------------------------------
     def _score(self, masks: Sequence[LayerMask], fidelity: int | None) -> list[float]:
         for m in masks:
@@ -122,6 +155,7 @@ class Evaluator(MemoEvaluator):
         for b in batches:
             todo = [m for m in masks if (m.key(), b.index) not in self.partials]
             if todo:
+                self.units_scored += b.size * len(todo)
                 for m, part in zip(todo, self._run_batch(b, todo)):
                     self.partials[(m.key(), b.index)] = part
         out = []

@@ -6,7 +6,9 @@ the objective's direction and records failures (NaN/Inf) as the worst fitness.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+import time
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -16,40 +18,86 @@ WORST = float("inf")
 
 
 class MemoEvaluator:
+    """Memo by (mask, fidelity), the sign convention, and the study record around scoring.
+
+    ``record`` (a :class:`dpopt.tracking.StudyRecord`, attached with :meth:`recording`) sees
+    every evaluation: masks are claimed there before scoring, so a value computed by another
+    process or an earlier run is read instead of recomputed, and every result is written
+    back as a trial. ``memo`` and ``failures`` are written only here and by :meth:`seed_memo`.
+    """
+
     direction: str = "minimize"
 
     def __init__(self) -> None:
         self.memo: dict[tuple[bytes, int | None], float] = {}
         self.failures: dict[bytes, str] = {}
         self.n_scored = 0  # masks actually computed (memo misses)
+        self.record = None  # the StudyRecord of the run in progress, if any
 
     def sign(self, raw: float) -> float:
         if not np.isfinite(raw):
             return WORST
         return raw if self.direction == "minimize" else -raw
 
+    def resolve_fidelity(self, fidelity: int | None) -> int | None:
+        """The canonical memo key for a requested fidelity (subclasses: what is really scored)."""
+        return fidelity
+
+    def seed_memo(self, values: dict[tuple[bytes, int | None], float], failures: dict[bytes, str] | None = None) -> None:
+        """Values known from elsewhere (a resumed study): later asks for them cost nothing."""
+        self.memo.update(values)
+        for key, reason in (failures or {}).items():
+            self.failures.setdefault(key, reason)
+
+    @contextlib.contextmanager
+    def recording(self, record) -> Iterator[None]:
+        """Record every evaluation in ``record`` for the duration, its earlier values seeding the memo."""
+        if record is None:
+            yield
+            return
+        self.seed_memo(*record.previous())
+        previous, self.record = self.record, record
+        try:
+            yield
+        finally:
+            self.record = previous
+            record.close()
+
     def evaluate(self, masks: Sequence[LayerMask], fidelity: int | None = None) -> np.ndarray:
-        todo: list[LayerMask] = []
-        pending = set()
-        for m in masks:
-            k = (m.key(), fidelity)
-            if k not in self.memo and k not in pending:
-                pending.add(k)
-                todo.append(m)
-        if todo:
-            raws = self._score(todo, fidelity)
-            self.n_scored += len(todo)
-            for m, r in zip(todo, raws):
-                r = float(r)
-                if not np.isfinite(r):
-                    self.failures.setdefault(m.key(), f"non-finite objective value ({r})")
-                self.memo[(m.key(), fidelity)] = r
-        return np.array([self.sign(self.memo[(m.key(), fidelity)]) for m in masks], dtype=float)
+        fid = self.resolve_fidelity(fidelity)
+        unique = list(dict.fromkeys(masks))
+        if self.record is None:
+            todo, waiting = [m for m in unique if (m.key(), fid) not in self.memo], []
+        else:
+            todo, waiting = self.record.claim(unique, fid, self.memo, self.failures)
+        self._compute(todo, fid)
+        while waiting:  # another process is scoring these: take over only if it dies
+            self._compute(self.record.wait(waiting, fid, self.memo, self.failures), fid)
+            waiting = [m for m in waiting if (m.key(), fid) not in self.memo]
+        return np.array([self.sign(self.memo[(m.key(), fid)]) for m in masks], dtype=float)
+
+    def _compute(self, todo: list[LayerMask], fid: int | None) -> None:
+        if not todo:
+            return
+        start = time.perf_counter()
+        try:
+            raws = [float(r) for r in self._score(todo, fid)]
+        except BaseException:
+            if self.record is not None:
+                self.record.release(todo, fid)  # back to the queue: a rerun or another worker scores them
+            raise
+        self.n_scored += len(todo)
+        for m, r in zip(todo, raws):
+            if not np.isfinite(r):
+                self.failures.setdefault(m.key(), f"non-finite objective value ({r})")
+            self.memo[(m.key(), fid)] = r
+        if self.record is not None:
+            self.record.complete(todo, fid, raws, self.failures, time.perf_counter() - start)
 
     def raw(self, mask: LayerMask, fidelity: int | None = None) -> float:
         """The objective's own value (e.g. perplexity) for a mask, computing it if needed."""
         self.evaluate([mask], fidelity)
-        return self.memo[(mask.key(), fidelity)]
+        return self.memo[(mask.key(), self.resolve_fidelity(fidelity))]
 
     def _score(self, masks: Sequence[LayerMask], fidelity: int | None) -> Sequence[float]:
         raise NotImplementedError

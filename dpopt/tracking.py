@@ -1,108 +1,496 @@
-"""Every evaluation lands in an Optuna study, so ``optuna-dashboard`` shows every run.
+"""The Optuna study is the record of a search: complete, fingerprinted, resumable, shared.
 
-One trial per distinct mask: its value is the objective's own value (the study's
-direction is the objective's), its params are one 0/1 ``keep_NN`` per block, and user
-attributes say which blocks were removed, by which searcher, at which fidelity. On resume
-the trials already in the study seed the evaluator's memo, so a rerun with the same seed
-replays the finished part of the search for free and carries on.
+* **One trial per (mask, fidelity)** evaluated in the study, raced or not: the raw value as
+  the objective reports it (the study's direction is the objective's), the fidelity in
+  tokens or questions, real start and end times, the failure reason, and who asked for it
+  (run id, searcher, seed, batch number). A mask another run of the same grid already
+  scored is recorded too, marked ``computed: false``, so every study shows its whole run.
+* **A fingerprint** of everything that changes a mask's value (model identity, dtype,
+  objective and its settings, data, split, data seed) is stored on the study; opening a
+  study recorded under another fingerprint is refused, naming the settings that differ.
+  So a resumed memo never holds a value measured under other settings.
+* **Claims, not a set read once.** Before scoring, a process claims each (mask, fidelity)
+  under a storage-wide lock: a trial that does not exist yet is created RUNNING and owned by
+  this process; a WAITING one (queued, or released by an interrupted run) is taken; a
+  RUNNING one whose owner is alive is waited for; one whose owner died (same host and its
+  pid is gone, or no heartbeat for ``DPOPT_LEASE_SECONDS``) is adopted. Two processes on one
+  study therefore never score the same mask twice, and a killed run loses nothing.
 
-SQLite (the default) is for one process at a time; for several workers give a PostgreSQL
-URL or a journal file (``journal:PATH``), which Optuna supports for concurrent writers.
+SQLite (the default) serialises writers with a lock file beside the database; for many
+processes or machines give a PostgreSQL URL (an advisory lock) or ``journal:FILE``.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
-from typing import Sequence
-
-import numpy as np
+import os
+import socket
+import threading
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 from .errors import UserError
 from .genome import LayerMask
 
 DEFAULT_STORAGE = "sqlite:///dpopt-studies.db"
+HEARTBEAT_SECONDS = 5.0
+POLL_SECONDS = 0.2
+
+
+def lease_seconds() -> float:
+    """How long a claim survives without a heartbeat before another process adopts it."""
+    return float(os.environ.get("DPOPT_LEASE_SECONDS", "60"))
+
+
+# --- fingerprint ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Everything that changes a mask's value, hashed; two runs may share values iff equal."""
+
+    settings: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.settings, sort_keys=True, default=str).encode()).hexdigest()
+
+    @property
+    def short(self) -> str:
+        return self.digest[:8]
+
+    def differences(self, other: dict[str, Any]) -> list[str]:
+        """``key: theirs -> ours`` for every setting that differs (nested dicts flattened)."""
+        mine, theirs = _flatten(self.settings), _flatten(other)
+        out = []
+        for key in sorted(set(mine) | set(theirs)):
+            if mine.get(key) != theirs.get(key):
+                out.append(f"{key} {_short(theirs.get(key))} (study) vs {_short(mine.get(key))} (now)")
+        return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v, default=str) if not isinstance(v, str) else v
+    return text if len(text) <= 24 else text[:12] + "…"
+
+
+# --- storage ----------------------------------------------------------------------------------
+
+def storage_kind(url: str) -> str:
+    if url.startswith("journal:"):
+        return "journal"
+    return url.split(":", 1)[0].split("+", 1)[0]
+
+
+def _sqlite_path(url: str) -> str | None:
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else None
+    return None if path in (None, "", ":memory:") else path
+
+
+def check_storage_writable(url: str) -> None:
+    """Refuse a storage that cannot be written before any model loads (a file URL's folder)."""
+    path = url[len("journal:"):] if url.startswith("journal:") else _sqlite_path(url)
+    if storage_kind(url) not in ("journal", "sqlite", "postgresql", "mysql", "oracle", "mssql"):
+        raise UserError(f"--storage {url!r} is not a storage URL: give sqlite:///FILE, journal:FILE, "
+                        "postgresql://..., or none")
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"--storage {url}: {p} is a directory")
+    folder = p.parent if str(p.parent) else Path(".")
+    if not folder.is_dir():
+        raise UserError(f"--storage {url}: folder {folder} does not exist")
+    if (p.exists() and not os.access(p, os.W_OK)) or not os.access(folder, os.W_OK):
+        raise UserError(f"--storage {url}: {p} is not writable")
 
 
 def open_storage(url: str):
+    """An Optuna storage object for a dpopt storage URL; a bad URL is a UserError."""
     import optuna
 
-    if url.startswith("journal:"):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
+    check_storage_writable(url)
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages import JournalStorage
+            from optuna.storages.journal import JournalFileBackend
 
-        return JournalStorage(JournalFileBackend(url[len("journal:"):]))
-    return url
+            return JournalStorage(JournalFileBackend(str(Path(url[len("journal:"):]).expanduser())))
+        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"cannot open storage {url}: {_one_line(exc)}") from None
 
 
-class StudyTracker:
-    def __init__(self, storage: str, study_name: str, direction: str, n_units: int, attrs: dict | None = None,
-                 fidelity: int | None = None):
-        import optuna
+def _engine_kwargs(url: str) -> dict:
+    if storage_kind(url) == "sqlite":  # several processes on one file: wait for the lock, don't fail
+        return {"connect_args": {"timeout": 60}}
+    if storage_kind(url) == "postgresql":
+        return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    return {}
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.n_units = n_units
-        self.fidelity = fidelity
-        self.attrs = dict(attrs or {})
-        try:
-            self.study = optuna.create_study(storage=open_storage(storage), study_name=study_name,
-                                             direction=direction, load_if_exists=True)
-        except Exception as exc:
-            raise UserError(f"cannot open study {study_name!r} in {storage}: {str(exc).splitlines()[0]}") from None
-        if self.study.direction.name.lower() != direction:
-            raise UserError(f"study {study_name!r} exists with direction {self.study.direction.name.lower()}, "
-                            f"but objective is to {direction}")
-        for k, v in self.attrs.items():
-            self.study.set_user_attr(k, v)
-        self._recorded: set[bytes] = {LayerMask(self._bits(t.params)).key() for t in self.study.get_trials(deepcopy=False)
-                                      if len(t.params) == n_units}
 
-    def _bits(self, params: dict) -> list[bool]:
-        return [bool(params[f"keep_{i:02d}"]) for i in range(self.n_units)]
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:300]
 
-    def previous(self) -> dict[bytes, float]:
-        """Raw values of masks already recorded at this fidelity: the memo of a resumed run."""
-        import optuna
 
-        out = {}
-        for t in self.study.get_trials(deepcopy=False):
-            if len(t.params) != self.n_units or t.user_attrs.get("fidelity") != self.fidelity:
-                continue
-            mask = LayerMask(self._bits(t.params))
-            if t.state == optuna.trial.TrialState.COMPLETE:
-                out[mask.key()] = float(t.value)
-            elif t.state == optuna.trial.TrialState.FAIL:
-                out[mask.key()] = float("nan")
-        return out
+class _FileLock:
+    """An exclusive ``flock`` on a file beside the database: one writer across processes."""
 
-    def record_raw(self, masks: Sequence[LayerMask], raws: Sequence[float], reasons: dict[bytes, str] | None = None,
-                   fidelity: int | None = None) -> None:
+    def __init__(self, path: str):
+        self.path = path
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        import fcntl
+
+        with open(self.path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class _AdvisoryLock:
+    """PostgreSQL's advisory lock (MySQL's GET_LOCK): one writer across machines."""
+
+    def __init__(self, storage, name: str, kind: str):
+        self.engine = storage.engine
+        self.key = int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big", signed=True)
+        self.name, self.kind = name[:60], kind
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        from sqlalchemy import text
+
+        with self.engine.connect() as conn:
+            if self.kind == "postgresql":
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+            else:
+                conn.execute(text("SELECT GET_LOCK(:n, 600)"), {"n": self.name})
+            try:
+                yield
+            finally:
+                if self.kind == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+                else:
+                    conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": self.name})
+                conn.commit()
+
+
+def _make_lock(url: str, storage, study_name: str):
+    kind = storage_kind(url)
+    if kind == "journal":
+        return _FileLock(str(Path(url[len("journal:"):]).expanduser()) + ".lock")
+    if kind == "sqlite" and _sqlite_path(url):
+        return _FileLock(str(Path(_sqlite_path(url)).expanduser()) + ".lock")
+    if kind in ("postgresql", "mysql"):
+        return _AdvisoryLock(storage, f"dpopt:{study_name}", kind)
+    lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def local() -> Iterator[None]:  # in-memory SQLite and other engines: one process only
+        with lock:
+            yield
+
+    return local
+
+
+# --- owners and leases ------------------------------------------------------------------------
+
+def new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- the record -------------------------------------------------------------------------------
+
+def param_name(unit: str) -> str:
+    return f"keep_{unit}"
+
+
+@dataclass
+class RunInfo:
+    """Who asks: stamped on every trial this process creates."""
+
+    algo: str = ""
+    seed: int | None = None
+    run: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class StudyRecord:
+    """One study as the shared, resumable record of every evaluation (see the module docstring)."""
+
+    def __init__(self, storage: str, study_name: str, fingerprint: Fingerprint, metric: str, direction: str,
+                 unit_names: Sequence[str], run: RunInfo | None = None, create: bool = True):
         import optuna
         from optuna.distributions import IntDistribution
 
-        dist = {f"keep_{i:02d}": IntDistribution(0, 1) for i in range(self.n_units)}
-        fid = self.fidelity if fidelity is None else fidelity
-        for m, raw in zip(masks, raws):
-            if m.key() in self._recorded:
-                continue
-            self._recorded.add(m.key())
-            params = {f"keep_{i:02d}": int(b) for i, b in enumerate(m.bits)}
-            attrs = dict(removed=list(m.removed()), n_removed=len(m.removed()), fidelity=fid)
-            if math.isfinite(raw):
-                trial = optuna.trial.create_trial(params=params, distributions=dist, value=float(raw), user_attrs=attrs)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.url, self.study_name = storage, study_name
+        self.fingerprint, self.metric, self.direction = fingerprint, metric, direction
+        self.unit_names = list(unit_names)
+        self.params = [param_name(u) for u in self.unit_names]
+        self.distributions = {p: IntDistribution(0, 1) for p in self.params}
+        self.run = run or RunInfo()
+        self.batch: int | None = None
+        self.owner = new_owner()
+        self.storage = open_storage(storage)
+        self._lock = _make_lock(storage, self.storage, study_name)
+        self.study = self._open_study(create)
+        self.study_id = self.study._study_id
+        self._by_key: dict[tuple[bytes, Any], Any] = {}  # (mask key, fidelity) -> FrozenTrial
+        self._mine: dict[tuple[bytes, Any], int] = {}  # claimed by this process: -> trial id
+        self._hb_stop = threading.Event()
+        self._hb_thread: threading.Thread | None = None
+
+    # --- opening ---------------------------------------------------------------------------
+    def _open_study(self, create: bool):
+        import optuna
+
+        try:
+            if create:
+                study = optuna.create_study(storage=self.storage, study_name=self.study_name,
+                                            direction=self.direction, load_if_exists=True)
             else:
-                attrs["failure"] = (reasons or {}).get(m.key(), "non-finite objective value")
-                trial = optuna.trial.create_trial(params=params, distributions=dist, user_attrs=attrs,
-                                                  state=optuna.trial.TrialState.FAIL)
-            self.study.add_trial(trial)
+                study = optuna.load_study(storage=self.storage, study_name=self.study_name)
+        except KeyError:
+            raise UserError(f"no study named {self.study_name!r} in {self.url}") from None
+        except Exception as exc:
+            raise UserError(f"cannot open study {self.study_name!r} in {self.url}: {_one_line(exc)}") from None
+        if study.direction.name.lower() != self.direction:
+            raise UserError(f"study {self.study_name!r} exists with direction {study.direction.name.lower()}, "
+                            f"but the objective is to {self.direction}")
+        attrs = study.user_attrs
+        if "fingerprint" in attrs and attrs["fingerprint"] != self.fingerprint.digest:
+            diff = self.fingerprint.differences(attrs.get("settings", {}))
+            raise UserError(f"study {self.study_name!r} in {self.url} was recorded with other settings "
+                            f"({'; '.join(diff[:4]) or 'fingerprint differs'}); use another --study name "
+                            "or leave --study out for one named after these settings")
+        if "fingerprint" not in attrs:
+            study.set_user_attr("fingerprint", self.fingerprint.digest)
+            study.set_user_attr("settings", self.fingerprint.settings)
+            study.set_user_attr("units", self.unit_names)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # experimental in Optuna, and what the dashboard reads
+                study.set_metric_names([self.metric])
+        study.set_user_attr(f"run:{self.run.run}", dict(algo=self.run.algo, seed=self.run.seed, owner=self.owner,
+                                                        started=datetime.now().isoformat(timespec="seconds"),
+                                                        **self.run.extra))
+        return study
 
+    # --- reading -----------------------------------------------------------------------------
+    def mask_of(self, params: dict) -> LayerMask | None:
+        if len(params) != len(self.params) or any(p not in params for p in self.params):
+            return None
+        return LayerMask([bool(params[p]) for p in self.params])
 
-class EvaluatorTracker:
-    """Adapts ``run_search``'s record(masks, fitness) to the study: logs raw values."""
+    def _sync(self) -> None:
+        """Re-read the study's trials; per (mask, fidelity) keep the most final one."""
+        import optuna
 
-    def __init__(self, tracker: StudyTracker, evaluator):
-        self.tracker, self.evaluator = tracker, evaluator
+        rank = {optuna.trial.TrialState.COMPLETE: 3, optuna.trial.TrialState.FAIL: 2,
+                optuna.trial.TrialState.RUNNING: 1, optuna.trial.TrialState.WAITING: 0}
+        by_key: dict[tuple[bytes, Any], Any] = {}
+        for t in self.storage.get_all_trials(self.study_id, deepcopy=False):
+            mask = self.mask_of(t.params)
+            if mask is None or t.state not in rank:
+                continue
+            k = (mask.key(), t.user_attrs.get("fidelity"))
+            old = by_key.get(k)
+            if old is None or (rank[t.state], -t.number) > (rank[old.state], -old.number):
+                by_key[k] = t
+        self._by_key = by_key
 
-    def record(self, masks, fitness) -> None:
-        raws = []
-        for m, f in zip(masks, fitness):
-            raws.append(float("nan") if not np.isfinite(f) else (f if self.evaluator.direction == "minimize" else -f))
-        self.tracker.record_raw(masks, raws, self.evaluator.failures)
+    def previous(self) -> tuple[dict[tuple[bytes, Any], float], dict[bytes, str]]:
+        """Values of every finished evaluation at every fidelity: a resumed run's memo."""
+        import optuna
+
+        self._sync()
+        values, failures = {}, {}
+        for k, t in self._by_key.items():
+            if t.state == optuna.trial.TrialState.COMPLETE:
+                values[k] = float(t.values[0])
+            elif t.state == optuna.trial.TrialState.FAIL:
+                values[k] = float("nan")
+                failures[k[0]] = t.user_attrs.get("failure", "failed")
+        return values, failures
+
+    def n_trials(self) -> int:
+        return len(self.storage.get_all_trials(self.study_id, deepcopy=False))
+
+    # --- claiming -----------------------------------------------------------------------------
+    def begin_batch(self, number: int) -> None:
+        self.batch = number
+
+    def _attrs(self, mask: LayerMask, fidelity, computed: bool) -> dict:
+        removed = [self.unit_names[i] for i in mask.removed()]
+        return dict(removed=removed, n_removed=len(removed), fidelity=fidelity, computed=computed,
+                    run=self.run.run, algo=self.run.algo, seed=self.run.seed, batch=self.batch)
+
+    def _params(self, mask: LayerMask) -> dict[str, int]:
+        return {p: int(b) for p, b in zip(self.params, mask.bits)}
+
+    def _new_trial(self, mask: LayerMask, fidelity, state, value: float | None = None, reason: str | None = None,
+                   computed: bool = True) -> int:
+        from optuna.trial import FrozenTrial, TrialState
+
+        now = datetime.now()
+        attrs = self._attrs(mask, fidelity, computed)
+        if reason:
+            attrs["failure"] = reason
+        finished = state in (TrialState.COMPLETE, TrialState.FAIL)
+        template = FrozenTrial(number=-1, state=state, value=None, values=[value] if state == TrialState.COMPLETE else None,
+                               datetime_start=now, datetime_complete=now if finished else None,
+                               params=self._params(mask), distributions=self.distributions, user_attrs=attrs,
+                               system_attrs={"dpopt:owner": self.owner} if not finished else {},
+                               intermediate_values={}, trial_id=-1)
+        return self.storage.create_new_trial(self.study_id, template_trial=template)
+
+    def _stale(self, trial) -> bool:
+        owner = trial.system_attrs.get("dpopt:owner")
+        if not owner:
+            return True
+        host, _, rest = owner.partition(":")
+        pid = int(rest.partition(":")[0] or 0)
+        if host == socket.gethostname() and pid and not _pid_alive(pid):
+            return True
+        beat = self.storage.get_study_system_attrs(self.study_id).get(f"dpopt:hb:{owner}")
+        started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
+        return time.time() - max(beat or 0.0, started) > lease_seconds()
+
+    def claim(self, masks: Sequence[LayerMask], fidelity, memo: dict, failures: dict) -> tuple[list, list]:
+        """Split ``masks`` into (to score here, to wait for); known values go into ``memo``.
+
+        Every mask gets a trial in this study: a memo hit not recorded here yet is copied in
+        (``computed: false``), a miss is created RUNNING and owned by this process.
+        """
+        from optuna.trial import TrialState
+
+        todo, waiting = [], []
+        with self._lock():
+            self._sync()
+            for m in masks:
+                k = (m.key(), fidelity)
+                t = self._by_key.get(k)
+                if t is None:
+                    if k in memo:
+                        raw = memo[k]
+                        if math.isfinite(raw):
+                            self._new_trial(m, fidelity, TrialState.COMPLETE, raw, computed=False)
+                        else:
+                            self._new_trial(m, fidelity, TrialState.FAIL, reason=failures.get(m.key(), "non-finite value"),
+                                            computed=False)
+                        continue
+                    self._mine[k] = self._new_trial(m, fidelity, TrialState.RUNNING)
+                    todo.append(m)
+                elif t.state == TrialState.COMPLETE:
+                    memo[k] = float(t.values[0])
+                elif t.state == TrialState.FAIL:
+                    memo[k] = float("nan")
+                    failures.setdefault(m.key(), t.user_attrs.get("failure", "failed"))
+                elif k in memo:
+                    continue  # someone else is scoring it, but we already know the value
+                elif t.state == TrialState.WAITING:
+                    if self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+                        self._take(t, k)
+                        todo.append(m)
+                    else:
+                        waiting.append(m)
+                elif self._stale(t):
+                    self._take(t, k)
+                    todo.append(m)
+                else:
+                    waiting.append(m)
+        if self._mine:
+            self._heartbeat()
+        return todo, waiting
+
+    def _take(self, trial, k) -> None:
+        self.storage.set_trial_system_attr(trial._trial_id, "dpopt:owner", self.owner)
+        for key, value in self._attrs(self.mask_of(trial.params), k[1], True).items():
+            self.storage.set_trial_user_attr(trial._trial_id, key, value)
+        self._mine[k] = trial._trial_id
+
+    def complete(self, masks: Sequence[LayerMask], fidelity, raws: Sequence[float], failures: dict,
+                 seconds: float) -> None:
+        """Finish this process's trials: COMPLETE with the raw value, or FAIL with the reason."""
+        from optuna.trial import TrialState
+
+        share = seconds / max(len(masks), 1)
+        for m, raw in zip(masks, raws):
+            tid = self._mine.pop((m.key(), fidelity), None)
+            if tid is None:
+                continue
+            self.storage.set_trial_user_attr(tid, "seconds", round(share, 6))
+            if math.isfinite(raw):
+                self.storage.set_trial_state_values(tid, TrialState.COMPLETE, [float(raw)])
+            else:
+                self.storage.set_trial_user_attr(tid, "failure", failures.get(m.key(), f"non-finite value ({raw})"))
+                self.storage.set_trial_state_values(tid, TrialState.FAIL)
+
+    def release(self, masks: Sequence[LayerMask], fidelity) -> None:
+        """Give unscored claims back to the queue (WAITING), e.g. when scoring was interrupted."""
+        from optuna.trial import TrialState
+
+        for m in masks:
+            tid = self._mine.pop((m.key(), fidelity), None)
+            if tid is not None:
+                with contextlib.suppress(Exception):
+                    self.storage.set_trial_state_values(tid, TrialState.WAITING)
+
+    def wait(self, masks: Sequence[LayerMask], fidelity, memo: dict, failures: dict) -> list[LayerMask]:
+        """Block until others finish ``masks``; return the ones this process must score after all
+        (their owner died, or released them)."""
+        pending = list(masks)
+        while pending:
+            time.sleep(POLL_SECONDS)
+            todo, pending = self.claim(pending, fidelity, memo, failures)
+            if todo:
+                return todo
+        return []
+
+    # --- liveness ------------------------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        self.storage.set_study_system_attr(self.study_id, f"dpopt:hb:{self.owner}", time.time())
+        if self._hb_thread is None:
+            def beat() -> None:
+                while not self._hb_stop.wait(HEARTBEAT_SECONDS):
+                    if self._mine:
+                        with contextlib.suppress(Exception):
+                            self.storage.set_study_system_attr(self.study_id, f"dpopt:hb:{self.owner}", time.time())
+
+            self._hb_thread = threading.Thread(target=beat, name="dpopt-heartbeat", daemon=True)
+            self._hb_thread.start()
+
+    def close(self) -> None:
+        self._hb_stop.set()

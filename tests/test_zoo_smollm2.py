@@ -29,8 +29,9 @@ def test_smollm2_is_the_real_model(lm):
 
 def test_dense_perplexity_is_sane_and_last_block_matters(lm, heldout):
     dense = heldout.dense_value()
-    # a random-init model of this config scores ~50,000; the real one is in the tens
-    assert 8 < dense < 40, dense
+    # a random-init model of this config scores ~50,000; the real one is in the tens (its value
+    # on 512 tokens depends on which paragraphs the held-out half samples: 39-48 measured)
+    assert 8 < dense < 80, dense
     no_last = heldout.raw(dpopt.mask_from_removed(lm, [29]))
     assert no_last > 2 * dense, (dense, no_last)
 

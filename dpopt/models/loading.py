@@ -79,7 +79,11 @@ def _folder_tokenizer(path: Path, model):
 
 
 def load_model(spec: str, device: str = "auto", dtype: str = "float32"):
-    """Return ``(model, tokenizer, source)``; the model is in eval mode on ``device``."""
+    """Return ``(model, tokenizer, source, weights_path)``; the model is in eval mode on ``device``.
+
+    ``weights_path`` is the folder or GGUF file the weights came from (the model's identity
+    in the study fingerprint hashes those files rather than the tensors).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .zoo import ZOO
@@ -89,14 +93,17 @@ def load_model(spec: str, device: str = "auto", dtype: str = "float32"):
     path = Path(spec).expanduser()
     if spec in ZOO:
         folder = ZOO.get(spec).converted_dir()
+        weights = folder
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
         tok = AutoTokenizer.from_pretrained(folder)
     elif path.is_file():
         if path.suffix.lower() != ".gguf":
             raise UserError(f"--model {spec}: a file must be a .gguf model")
         model, tok = load_gguf(path, torch_dtype)
+        weights = path
     elif path.is_dir():
         ggufs = sorted(path.glob("*.gguf"))
+        weights = path
         if not (path / "config.json").exists() and len(ggufs) == 1:
             model, tok = load_gguf(ggufs[0], torch_dtype)
         elif not (path / "config.json").exists():
@@ -111,6 +118,9 @@ def load_model(spec: str, device: str = "auto", dtype: str = "float32"):
         try:  # a hub id, only from the local cache: no hub is reachable
             model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch_dtype, local_files_only=True)
             tok = AutoTokenizer.from_pretrained(spec, local_files_only=True)
+            from huggingface_hub import snapshot_download
+
+            weights = snapshot_download(spec, local_files_only=True)
         except Exception:
             raise UserError(f"hub model {spec!r} is not in the local Hugging Face cache (no hub is reachable)") from None
     else:
@@ -121,4 +131,4 @@ def load_model(spec: str, device: str = "auto", dtype: str = "float32"):
     model.to(dev).eval()
     if tok is not None and tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    return model, tok, spec
+    return model, tok, spec, str(weights)

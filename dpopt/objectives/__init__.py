@@ -26,6 +26,19 @@ def _needs_mc(cls) -> bool:
     return getattr(cls, "data_kind", "text") == "mc"
 
 
+def _parts(spec: str) -> list[str]:
+    parts = [p.strip() for p in (spec or "").split(",") if p.strip()]
+    if len(parts) > 1 or (":" in spec and _is_weight(spec.rpartition(":")[2])):
+        return [p.rpartition(":")[0] for p in parts]
+    return [spec.strip()]
+
+
+def uses_tasks(spec: str) -> tuple[bool, bool]:
+    """Whether ``spec`` reads text data, multiple-choice data, or both (for the fingerprint)."""
+    kinds = {"mc" if _needs_mc(OBJECTIVES.get(name)) else "text" for name in _parts(spec)}
+    return "text" in kinds, "mc" in kinds
+
+
 def build_objective(spec: str, data: str | None = None, tasks: str | None = None, split: str = "calib",
                     seed: int = 0, **options):
     """Return ``(objective, data)`` ready for ``prepare``; ``options`` go to the constructors."""
@@ -39,6 +52,9 @@ def build_objective(spec: str, data: str | None = None, tasks: str | None = None
             name, _, weight = part.rpartition(":")
             if not name or not _is_weight(weight):
                 raise UserError(f"composite objective part {part!r} must be NAME:WEIGHT, e.g. ppl:0.5")
+            if not float(weight) > 0 or float(weight) == float("inf"):
+                raise UserError(f"composite objective weight in {part!r} must be a positive number "
+                                "(each term is already oriented so that lower is better)")
             obj, obj_data = build_objective(name, data, tasks, split, seed, **options)
             triples.append((obj, float(weight), obj_data))
         return Composite(triples), None
@@ -52,7 +68,7 @@ def build_objective(spec: str, data: str | None = None, tasks: str | None = None
             obj = cls()
         except Exception as exc:
             raise UserError(f"cannot construct objective {spec!r}: {exc}") from None
-    check_objective(obj, spec)
+    obj = check_objective(obj, spec)
     source = (tasks or DEFAULT_TASKS) if _needs_mc(cls) else (data or DEFAULT_TEXT)
     if getattr(obj, "wants_data", True) is False:
         return obj, None

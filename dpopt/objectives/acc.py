@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .base import Batch, leading_bos, register_objective, take_fidelity
+from .base import Batch, check_sizes, leading_bos, register_objective, take_fidelity
 
 
 def pack_question(tokenizer, context: str, choices: list[str]) -> tuple[list[int], list[int], list[tuple[int, int]], list[int]]:
@@ -59,6 +59,7 @@ class Accuracy:
     def __init__(self, questions: int = 256, batch_size: int = 8, metric: str = "acc", **_):
         if metric not in ("acc", "acc_norm"):
             raise UserError(f"--acc-metric must be acc or acc_norm (got {metric!r})")
+        check_sizes(questions=questions, batch_size=batch_size)
         self.questions, self.batch_size, self.metric = questions, batch_size, metric
         self._batches: list[Batch] = []
 
@@ -106,6 +107,9 @@ class Accuracy:
             correct += float(np.argmax(ll) == gold)
             correct_norm += float(np.argmax(ll / np.maximum(chars, 1)) == gold)
         return np.array([correct, correct_norm, len(batch.extra["gold"])], dtype=np.float64)
+
+    def settings(self) -> dict:
+        return {"questions": self.questions, "batch_size": self.batch_size, "metric": self.metric}
 
     def finish(self, partials) -> float:
         acc, acc_norm = self.report(partials).values()

@@ -41,6 +41,14 @@ class Objective(Protocol):
 
     def finish(self, partials: Sequence[Any]) -> float: ...
 
+    def settings(self) -> dict[str, Any]:
+        """The effective options that decide the values (part of the study fingerprint)."""
+        ...
+
+    def report(self, partials: Sequence[Any]) -> dict[str, float]:
+        """Every number worth showing for these partials (``acc`` also gives ``acc_norm``)."""
+        ...
+
 
 OBJECTIVES: Registry[type] = Registry("objective")
 register_objective = OBJECTIVES.register
@@ -49,14 +57,93 @@ REQUIRED = ("prepare", "batches", "score", "finish")
 
 
 def check_objective(obj: Any, spec: str) -> Any:
-    """Fail with one clear line when a user's class does not meet the protocol."""
+    """Fail with one clear line when a user's class does not meet the protocol.
+
+    A user's class needs only the four methods; one without ``settings``/``report`` is
+    wrapped in :class:`UserObjective`, which supplies them.
+    """
     missing = [m for m in REQUIRED if not callable(getattr(obj, m, None))]
     if missing or not isinstance(getattr(obj, "name", None), str):
         what = ", ".join(missing) if missing else "a string attribute 'name'"
         raise UserError(f"objective {spec!r} does not meet the Objective protocol: missing {what}")
     if getattr(obj, "direction", None) not in ("minimize", "maximize"):
         raise UserError(f"objective {spec!r} must declare direction 'minimize' or 'maximize'")
-    return obj
+    if callable(getattr(obj, "settings", None)) and callable(getattr(obj, "report", None)):
+        return obj
+    return UserObjective(obj, spec)
+
+
+class UserObjective:
+    """Adapter giving a four-method user objective the protocol's optional parts."""
+
+    def __init__(self, inner: Any, spec: str):
+        self.inner, self.spec = inner, spec
+        self.name, self.direction = inner.name, inner.direction
+
+    def prepare(self, lm, data) -> None:
+        self.inner.prepare(lm, data)
+
+    def batches(self, fidelity: int | None = None) -> Sequence[Batch]:
+        return self.inner.batches(fidelity)
+
+    def score(self, logits, batch):
+        return self.inner.score(logits, batch)
+
+    def finish(self, partials) -> float:
+        return self.inner.finish(partials)
+
+    def settings(self) -> dict[str, Any]:
+        return {"class": self.spec}
+
+    def report(self, partials) -> dict[str, float]:
+        return {self.name: float(self.finish(partials))}
+
+
+def check_sizes(**sizes: int | None) -> None:
+    """Calibration sizes come from the command line: zero or negative is a user mistake."""
+    for name, value in sizes.items():
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
+def check_seq_len(lm, seq_len: int) -> None:
+    """Past the positions a model was trained for: learned positions fail, RoPE degrades."""
+    cfg = lm.model.config.get_text_config() if hasattr(lm.model.config, "get_text_config") else lm.model.config
+    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    if not limit or seq_len <= limit:
+        return
+    rotary = any(getattr(cfg, a, None) is not None for a in ("rope_theta", "rope_parameters", "rope_scaling", "rotary_pct"))
+    if not rotary:
+        raise UserError(f"--seq-len {seq_len} is past the {limit} positions this model has")
+    import sys
+
+    print(f"dpopt: warning: --seq-len {seq_len} is past the {limit} positions this model was trained on; "
+          "its scores there mean little", file=sys.stderr)
+
+
+class TextObjective:
+    """What ppl and kl share: calibration sizes, their check, and the protocol's optional parts."""
+
+    name = "text"
+
+    def __init__(self, tokens: int = 4096, seq_len: int = 512, batch_size: int = 2):
+        check_sizes(tokens=tokens, seq_len=seq_len, batch_size=batch_size)
+        self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
+        self._batches: list[Batch] = []
+
+    def _prepare_text(self, lm, data) -> None:
+        data = require_text(data, self.name)
+        check_seq_len(lm, self.seq_len)
+        self._batches = text_stream_batches(lm.tokenizer, data.documents, self.tokens, self.seq_len, self.batch_size)
+
+    def batches(self, fidelity: int | None = None):
+        return take_fidelity(self._batches, fidelity)
+
+    def settings(self) -> dict[str, Any]:
+        return {"tokens": self.tokens, "seq_len": self.seq_len, "batch_size": self.batch_size}
+
+    def report(self, partials) -> dict[str, float]:
+        return {self.name: float(self.finish(partials))}
 
 
 def take_fidelity(batches: Sequence[Batch], fidelity: int | None) -> list[Batch]:

@@ -48,6 +48,16 @@ class Composite:
         p = batch.extra["part"]
         return (p, self.parts[p][0].score(logits, batch.extra["child"]))
 
+    def settings(self) -> dict:
+        return {f"{o.name}:{w:g}": o.settings() for o, w, _ in self.parts}
+
+    def report(self, partials) -> dict[str, float]:
+        out = {}
+        for p, (obj, _, _) in enumerate(self.parts):
+            out.update(obj.report([s for q, s in partials if q == p]))
+        out[self.name] = self.finish(partials)
+        return out
+
     def finish(self, partials) -> float:
         total = 0.0
         for p, (obj, weight, _) in enumerate(self.parts):

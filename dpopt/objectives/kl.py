@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Batch, register_objective, require_text, sum_partials, take_fidelity, text_stream_batches
+from .base import Batch, TextObjective, register_objective, sum_partials
 
 AUTO_TOPK_BYTES = 1 << 31  # above ~2 GB of dense targets, fall back to top-k
 
 
 @register_objective("kl")
-class KLDivergence:
+class KLDivergence(TextObjective):
     name = "kl"
     direction = "minimize"
 
@@ -27,12 +27,14 @@ class KLDivergence:
             from ..errors import UserError
 
             raise UserError(f"--kl-topk must be at least 512 (got {topk})")
-        self.tokens, self.seq_len, self.batch_size, self.topk = tokens, seq_len, batch_size, topk
-        self._batches: list[Batch] = []
+        super().__init__(tokens, seq_len, batch_size)
+        self.topk = topk
+
+    def settings(self):
+        return {**super().settings(), "kl_topk": self.topk}
 
     def prepare(self, lm, data) -> None:
-        data = require_text(data, self.name)
-        self._batches = text_stream_batches(lm.tokenizer, data.documents, self.tokens, self.seq_len, self.batch_size)
+        self._prepare_text(lm, data)
         vocab = lm.model.config.get_text_config().vocab_size if hasattr(lm.model.config, "get_text_config") else lm.model.config.vocab_size
         n_tok = sum(b.input_ids.numel() for b in self._batches)
         if self.topk is None and n_tok * vocab * 4 > AUTO_TOPK_BYTES:
@@ -47,9 +49,6 @@ class KLDivergence:
                 b.extra["target"] = (top, idx)
             else:
                 b.extra["target"] = logp
-
-    def batches(self, fidelity: int | None = None):
-        return take_fidelity(self._batches, fidelity)
 
     def score(self, logits: torch.Tensor, batch: Batch) -> np.ndarray:
         logq = torch.log_softmax(logits.float(), dim=-1)

@@ -7,24 +7,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Batch, register_objective, require_text, sum_partials, take_fidelity, text_stream_batches
+from .base import Batch, TextObjective, register_objective, sum_partials
 
 
 @register_objective("ppl", "perplexity")
-class Perplexity:
+class Perplexity(TextObjective):
     name = "ppl"
     direction = "minimize"
 
     def __init__(self, tokens: int = 4096, seq_len: int = 512, batch_size: int = 2, **_):
-        self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
-        self._batches: list[Batch] = []
+        super().__init__(tokens, seq_len, batch_size)
 
     def prepare(self, lm, data) -> None:
-        data = require_text(data, self.name)
-        self._batches = text_stream_batches(lm.tokenizer, data.documents, self.tokens, self.seq_len, self.batch_size)
-
-    def batches(self, fidelity: int | None = None):
-        return take_fidelity(self._batches, fidelity)
+        self._prepare_text(lm, data)
 
     def score(self, logits: torch.Tensor, batch: Batch) -> np.ndarray:
         ids = batch.input_ids.to(logits.device)

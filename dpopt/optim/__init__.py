@@ -2,4 +2,6 @@
 from .base import SEARCHERS, Budget, SearchResult, Searcher, register_searcher, run_search
 from . import anneal, bayes, beam, cma_search, genetic, greedy, oneshot, random_search, single  # noqa: F401  (registration)
 
-__all__ = ["SEARCHERS", "Budget", "SearchResult", "Searcher", "register_searcher", "run_search"]
+from ._common import SearcherBase  # noqa: E402
+
+__all__ = ["SEARCHERS", "Budget", "SearchResult", "Searcher", "SearcherBase", "register_searcher", "run_search"]

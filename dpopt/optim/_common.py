@@ -24,6 +24,8 @@ class SearcherBase:
     """
 
     name = "base"
+    race_schedule: list[tuple[int | None, int]] | None = None  # see dpopt.optim.base.Searcher
+    needs_block_stats = False
 
     def __init__(self, constraint: Constraint, seed: int = 0):
         if not isinstance(constraint, Constraint):

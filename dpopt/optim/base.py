@@ -20,7 +20,18 @@ from ..registry import Registry
 
 @runtime_checkable
 class Searcher(Protocol):
+    """What ``run_search`` relies on; :class:`dpopt.optim.SearcherBase` supplies all but ask/tell.
+
+    ``constraint``: the space; only masks valid under it can be a run's answer.
+    ``race_schedule``: ``[(fidelity, survivors), ...]`` to score each batch by multi-fidelity
+    racing (only the survivors are told), or None to score it in full.
+    ``needs_block_stats``: the caller passes ``stats=evaluator.block_stats()`` to the constructor.
+    """
+
     name: str
+    constraint: Constraint
+    race_schedule: Sequence[tuple[int | None, int]] | None
+    needs_block_stats: bool
 
     def ask(self) -> list[LayerMask]: ...
 
@@ -58,18 +69,16 @@ class SearchResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Tracker(Protocol):
-    def record(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None: ...
-
-
-def run_search(searcher: Searcher, evaluator, budget: Budget, tracker: Tracker | None = None,
+def run_search(searcher: Searcher, evaluator, budget: Budget, record=None,
                progress: Callable[[int, float], None] | None = None) -> SearchResult:
-    """Ask a batch, evaluate it in one call, tell, record — until the searcher or budget is done.
+    """Ask a batch, evaluate it in one call, tell — until the searcher or budget is done.
 
-    The budget counts distinct masks scored (memo hits are free). When the budget cannot
-    cover a whole batch, the batch is cut to what is left and ``tell`` gets that prefix.
-    A searcher that keeps proposing only masks seen before is stopped after a while so the
-    loop cannot spin forever.
+    The budget counts distinct masks asked (memo hits count too: a searcher's budget is what
+    it asked, whatever the memo saved). When the budget cannot cover a whole batch, the batch
+    is cut to what is left and ``tell`` gets that prefix. A searcher that keeps proposing only
+    masks seen before is stopped after a while so the loop cannot spin forever. Recording is
+    the evaluator's (every evaluation, raced or not, is a trial); ``record`` here only learns
+    the batch number, so each trial says which generation asked for it.
     """
     start = time.perf_counter()
     seen: set[bytes] = set()  # every mask asked so far: what the budget counts
@@ -78,11 +87,14 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, tracker: Tracker |
     history: list[tuple[int, float]] = []
     stale_batches = 0
     # greedy/beam pass through masks with fewer than k removed: only valid masks can be the answer
-    constraint = getattr(searcher, "constraint", None)
-    interrupted = False
+    constraint = searcher.constraint
+    interrupted = timed_out = False
+    valid_told = 0
+    batch_no = 0
     try:
         while not searcher.done:
             if budget.seconds is not None and time.perf_counter() - start >= budget.seconds:
+                timed_out = True
                 break
             left = None if budget.evaluations is None else budget.evaluations - len(seen)
             if left is not None and left <= 0:
@@ -103,18 +115,21 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, tracker: Tracker |
             n_before = len(seen)
             seen.update(m.key() for m in masks)
             n_new = len(seen) - n_before
-            schedule = getattr(searcher, "race_schedule", None)
+            if record is not None:
+                record.begin_batch(batch_no)
+            batch_no += 1
+            schedule = searcher.race_schedule
             if schedule:
                 # multi-fidelity selection: only the survivors are told, at the richest fidelity
                 masks, fitness = race(evaluator, masks, schedule)
             else:
                 fitness = np.asarray(evaluator.evaluate(masks), dtype=float)
             for m, f in zip(masks, fitness):
-                if f < best_fit and (constraint is None or constraint.is_valid(m)):
-                    best_fit, best_mask = float(f), m
+                if constraint.is_valid(m):
+                    valid_told += 1
+                    if f < best_fit:
+                        best_fit, best_mask = float(f), m
             history.append((len(seen), best_fit))
-            if tracker is not None:
-                tracker.record(masks, fitness)
             searcher.tell(masks, fitness)
             if progress is not None:
                 progress(len(seen), best_fit)
@@ -126,7 +141,14 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, tracker: Tracker |
     if best_mask is None:
         if interrupted:
             raise KeyboardInterrupt
-        if constraint is not None and len(seen):
+        if valid_told:
+            reasons = sorted(set(evaluator.failures.values()))
+            raise UserError(f"every one of the {valid_told} masks with {constraint.k} blocks removed failed to score "
+                            f"({reasons[0] if reasons else 'non-finite value'}); check the objective and data")
+        if timed_out:
+            raise UserError(f"the time budget of {budget.seconds:g} s ran out before {searcher.name} reached a mask "
+                            f"with {constraint.k} blocks removed; raise --time-budget")
+        if len(seen):
             raise UserError(f"the budget of {len(seen)} evaluations ran out before {searcher.name} reached a mask "
                             f"with {constraint.k} blocks removed; raise --budget")
         raise UserError(f"searcher {searcher.name!r} proposed no mask")

@@ -1,0 +1,62 @@
+"""What a search returns: one object, from which ``result.json`` is written.
+
+Values are raw, as the objective reports them (perplexity, KL, accuracy) with the
+objective's direction beside them; nothing here is signed for minimising.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class SearchResult:
+    removed_layers: list[int]
+    kept_layers: list[int]
+    fitness: float
+    dense_fitness: float
+    objective: str
+    direction: str
+    algo: str
+    evaluations: int
+    seed: int
+    model: str
+    n_blocks: int
+    remove: int
+    protect: list[int]
+    wall_seconds: float
+    history: list[tuple[int, float]]  # (evaluations asked, best value so far)
+    fingerprint: str
+    settings: dict[str, Any]  # what the fingerprint hashes: data, split, data seed, tokens, kl_topk, ...
+    data: str | None = None
+    split: str = "calib"
+    data_seed: int = 0
+    kl_topk: int | None = None
+    study: str | None = None
+    storage: str | None = None
+    run: str | None = None
+    interrupted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["history"] = [list(h) for h in self.history]
+        if not self.interrupted:
+            d.pop("interrupted")
+        if self.kl_topk is None:
+            d.pop("kl_topk")
+        return d
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        """Atomically, so an interrupted run never leaves half a result.json."""
+        write_json(path, self.to_dict())
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    p = Path(path).expanduser()
+    tmp = p.with_name(f".{p.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, p)
