@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from services import PostgresServer, _pg_bindir, in_ci
+from services import PostgresServer, _pg_bindir, in_ci, wait_for
 
 WORKER = textwrap.dedent("""
     import os, sys, optuna
@@ -74,3 +74,8 @@ def test_a_missing_service_fails_in_ci_and_skips_elsewhere(monkeypatch, ci, outc
     monkeypatch.setenv("CI", ci)
     with pytest.raises(outcome, match="no such service"):
         service_missing("no such service")
+
+
+def test_wait_for_times_out_with_what_it_waited_for():
+    with pytest.raises(TimeoutError, match="the moon"):
+        wait_for(lambda: False, timeout=0.3, what="the moon")
