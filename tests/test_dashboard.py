@@ -135,6 +135,17 @@ def test_dashboard_reads_a_journal_file(study_storages):
         dash.stop()
 
 
+def test_dashboard_reads_postgresql(study_storages, fresh_postgres_url):
+    import optuna
+
+    optuna.copy_study(from_study_name=STUDY, from_storage=study_storages["sqlite"], to_storage=fresh_postgres_url)
+    dash = Dashboard(fresh_postgres_url)
+    try:
+        _assert_api_matches_study(dash, fresh_postgres_url)
+    finally:
+        dash.stop()
+
+
 def test_dashboard_renders_in_chromium(sqlite_dashboard, chromium, tmp_path):
     """The JS app draws the study page: its DOM names the study, and the screenshot is not blank."""
     import numpy as np
