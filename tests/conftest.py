@@ -15,6 +15,9 @@ import torch
 
 from dpopt.evaluator import LoadedModel
 
+# real services (PostgreSQL, Chromium): fail in CI when missing, skip elsewhere; see tests/services.py
+from services import chromium, fresh_postgres_url, postgres_server, postgres_url  # noqa: E402,F401
+
 
 class ToyTokenizer:
     """Char-level tokenizer: id = 2 + (ord(c) % 120); 0 = BOS, 1 = EOS = PAD."""
