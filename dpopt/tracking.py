@@ -41,7 +41,7 @@ from .genome import LayerMask
 
 DEFAULT_STORAGE = "sqlite:///dpopt-studies.db"
 HEARTBEAT_SECONDS = 5.0
-POLL_SECONDS = 0.2
+POLL_SECONDS = 0.5
 
 
 def lease_seconds() -> float:
@@ -132,11 +132,17 @@ def open_storage(url: str):
             from optuna.storages.journal import JournalFileBackend
 
             return JournalStorage(JournalFileBackend(str(Path(url[len("journal:"):]).expanduser())))
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
-    except UserError:
-        raise
     except Exception as exc:
         raise UserError(f"cannot open storage {url}: {_one_line(exc)}") from None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        except Exception as exc:
+            # several processes opening a fresh database race to create Optuna's tables: the
+            # losers see "already exists" or a unique violation, and succeed on a retry
+            if attempt == 4 or not any(w in str(exc) for w in ("already exists", "UniqueViolation", "duplicate key")):
+                raise UserError(f"cannot open storage {url}: {_one_line(exc)}") from None
+            time.sleep(0.5 * (attempt + 1))
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -200,9 +206,9 @@ class _AdvisoryLock:
 def _make_lock(url: str, storage, study_name: str):
     kind = storage_kind(url)
     if kind == "journal":
-        return _FileLock(str(Path(url[len("journal:"):]).expanduser()) + ".lock")
+        return _FileLock(str(Path(url[len("journal:"):]).expanduser()) + ".dpopt-lock")
     if kind == "sqlite" and _sqlite_path(url):
-        return _FileLock(str(Path(_sqlite_path(url)).expanduser()) + ".lock")
+        return _FileLock(str(Path(_sqlite_path(url)).expanduser()) + ".dpopt-lock")
     if kind in ("postgresql", "mysql"):
         return _AdvisoryLock(storage, f"dpopt:{study_name}", kind)
     lock = threading.Lock()
@@ -447,26 +453,32 @@ class StudyRecord:
         from optuna.trial import TrialState
 
         share = seconds / max(len(masks), 1)
-        for m, raw in zip(masks, raws):
-            tid = self._mine.pop((m.key(), fidelity), None)
-            if tid is None:
-                continue
-            self.storage.set_trial_user_attr(tid, "seconds", round(share, 6))
-            if math.isfinite(raw):
-                self.storage.set_trial_state_values(tid, TrialState.COMPLETE, [float(raw)])
-            else:
-                self.storage.set_trial_user_attr(tid, "failure", failures.get(m.key(), f"non-finite value ({raw})"))
-                self.storage.set_trial_state_values(tid, TrialState.FAIL)
+        with self._lock():  # under the lock: an adoption and a completion never cross
+            for m, raw in zip(masks, raws):
+                tid = self._mine.pop((m.key(), fidelity), None)
+                if tid is None or not self._still_mine(tid):
+                    continue  # adopted by another process that took us for dead: its value stands
+                self.storage.set_trial_user_attr(tid, "seconds", round(share, 6))
+                if math.isfinite(raw):
+                    self.storage.set_trial_state_values(tid, TrialState.COMPLETE, [float(raw)])
+                else:
+                    self.storage.set_trial_user_attr(tid, "failure", failures.get(m.key(), f"non-finite value ({raw})"))
+                    self.storage.set_trial_state_values(tid, TrialState.FAIL)
+
+    def _still_mine(self, trial_id: int) -> bool:
+        t = self.storage.get_trial(trial_id)
+        return not t.state.is_finished() and t.system_attrs.get("dpopt:owner") == self.owner
 
     def release(self, masks: Sequence[LayerMask], fidelity) -> None:
         """Give unscored claims back to the queue (WAITING), e.g. when scoring was interrupted."""
         from optuna.trial import TrialState
 
-        for m in masks:
-            tid = self._mine.pop((m.key(), fidelity), None)
-            if tid is not None:
-                with contextlib.suppress(Exception):
-                    self.storage.set_trial_state_values(tid, TrialState.WAITING)
+        with self._lock():
+            for m in masks:
+                tid = self._mine.pop((m.key(), fidelity), None)
+                if tid is not None and self._still_mine(tid):
+                    with contextlib.suppress(Exception):
+                        self.storage.set_trial_state_values(tid, TrialState.WAITING)
 
     def wait(self, masks: Sequence[LayerMask], fidelity, memo: dict, failures: dict) -> list[LayerMask]:
         """Block until others finish ``masks``; return the ones this process must score after all
