@@ -159,8 +159,6 @@ def plot_anytime(exp: Experiment, axis: str, report_dir: Path, name: str, doc: D
     if ref is not None:
         ax.axhline(ref.value, color="k", ls="--", lw=1, label="optimum" if ref.exact else "best found")
     ax.set_xlabel("evaluations" if axis == "evaluations" else "scored tokens / questions")
-    if axis == "units" and ax.get_xlim()[0] > 0:
-        ax.set_xscale("log")
     ax.set_ylabel(f"best {exp.objective} so far ({exp.direction})")
     ax.legend(fontsize=8)
     _save(fig, report_dir, name, f"Best valid {exp.objective} so far vs {ax.get_xlabel()}: median over seeds, "

@@ -65,7 +65,7 @@ def brute(fn, constraint) -> Reference:
     return Reference(fn(LayerMask.from_removed(N, best)), best, exact=True)
 
 
-def screenshot(html: Path, png: Path, width: int = 1200, height: int = 2400) -> Path:
+def screenshot(html: Path, png: Path, width: int = 1200, height: int = 5200) -> Path:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         raise SystemExit("chromium is not installed (apt-get install -y chromium)")
