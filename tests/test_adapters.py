@@ -38,6 +38,9 @@ def objective(constraint):
 
 def run(name, constraint, fn, budget, seed=0, **options):
     searcher = SEARCHERS.get(name)(constraint, seed=seed, **options)
+    searcher.batches = []  # every batch asked, repeats included (the evaluator only sees memo misses)
+    ask = searcher.ask
+    searcher.ask = lambda: searcher.batches.append(ask()) or searcher.batches[-1]
     ev = RecordingEvaluator(fn)
     return searcher, ev, run_search(searcher, ev, Budget(evaluations=budget))
 
@@ -62,7 +65,9 @@ def test_batches_are_new_masks_and_seeded(name, constraint, objective):
     asked = [m for m, _ in a_ev.asked]
     assert asked == [m for m, _ in b_ev.asked] and a.best == b.best
     assert asked != [m for m, _ in c_ev.asked]
-    assert len(asked) == len(set(asked)) == 40  # repeats are answered from what is known, never re-asked
+    every = [m for batch in a.batches for m in batch]
+    assert all(0 < len(batch) <= 5 for batch in a.batches)
+    assert len(every) == len(set(every)) == 40  # repeats are answered from what is known, never re-asked
 
 
 def test_ng_batch_size_and_failures(constraint):
@@ -77,8 +82,10 @@ def test_ng_batch_size_and_failures(constraint):
 
 def test_ng_done_when_its_budget_is_asked(constraint, objective):
     fn, _ = objective
-    s, ev, _ = run("ng:DiscreteOnePlusOne", constraint, fn, None, budget=30, batch_size=4)
-    assert s.done and s.opt.num_ask == 30 and ev.n_scored <= 30
+    s = SEARCHERS.get("ng:DiscreteOnePlusOne")(constraint, seed=0, budget=30, batch_size=4)
+    ev = RecordingEvaluator(fn)
+    run_search(s, ev, Budget(evaluations=None))
+    assert s.done and s.opt.num_ask == 30 and 0 < ev.n_scored <= 30
 
 
 def test_optuna_options_go_to_the_sampler(constraint):

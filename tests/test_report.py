@@ -123,6 +123,11 @@ def test_reference_defaults_to_best_found():
     assert stats.best_reference(Experiment("kl", "minimize", 4, runs)).value == 0.5
     assert stats.gap(0.5, 0.6, "maximize") == pytest.approx(0.1)
     assert stats.within(0.595, 0.6, "maximize") and not stats.within(0.59, 0.6, "maximize")
+    assert stats.within(1.01, 1.0, "minimize") and not stats.within(1.0101, 1.0, "minimize")
+    r = run("a", 0, [10.0, 4.0, 5.04, 5.0], valid=[True, False, True, True])  # the invalid 4.0 does not count
+    assert stats.evals_to_reach(r, 5.0, "minimize") == 3
+    assert stats.evals_to_reach(r, 5.0, "minimize", tol=0.0) == 4
+    assert stats.evals_to_reach(r, 4.0, "minimize") is None
 
 
 # --- tests between searchers ----------------------------------------------------------------------
