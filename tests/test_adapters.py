@@ -135,3 +135,22 @@ def test_algos_lists_the_prefixes(capsys):
     assert main(["algos"]) == 0
     out = capsys.readouterr().out
     assert "ng:NAME" in out and "optuna:NAME" in out
+
+
+def test_converged_ng_optimizer_is_done(constraint, objective):
+    """A continuous (1+1) soon proposes only scored masks: the searcher stops instead of spinning."""
+    fn, _ = objective
+    s, ev, result = run("ng:OnePlusOne", constraint, fn, 1000, seed=0, max_tries=2)
+    assert s.done and result.evaluations == ev.n_scored < 1000
+    assert not s.batches[-1]
+
+
+def test_missing_sampler_dependency_is_user_error(constraint, monkeypatch):
+    s = SEARCHERS.get("optuna:RandomSampler")(constraint, seed=0)
+
+    def broken(*a, **k):
+        raise ModuleNotFoundError("No module named 'cmaes'")
+
+    monkeypatch.setattr(s.study, "ask", broken)
+    with pytest.raises(UserError, match="cmaes"):
+        s.ask()

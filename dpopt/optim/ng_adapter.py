@@ -10,7 +10,9 @@ vector that moves a block across the keep/remove boundary, which is a swap move.
 Many score vectors decode to one mask. A candidate whose mask was told before is answered
 at once from what is known (nevergrad still learns from it) and does not enter the batch,
 so a batch is always ``batch_size`` masks dpopt has not scored — up to ``max_tries`` asks
-per slot, after which the batch is returned short and the optimizer is left to move on.
+per slot, after which the batch is returned short. A round that yields no new mask at all
+means the optimizer has converged (a continuous (1+1) whose step size collapsed, say), and
+the searcher is done: no move of dpopt's own is slipped in, so the run is nevergrad's alone.
 """
 from __future__ import annotations
 
@@ -109,6 +111,8 @@ class NevergradSearch(SearcherBase):
                     continue
                 self._pending.append((cand, mask))
                 batch[mask.key()] = mask
+        if not batch:
+            self._done = True  # converged: a whole round of asks decoded only to masks already scored
         return list(batch.values())
 
     def _tell_one(self, cand, f: float) -> None:

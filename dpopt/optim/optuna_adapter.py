@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import warnings
 
 import optuna
 
@@ -45,13 +46,21 @@ class OptunaSearch(BayesSearch):
         if "seed" in params:
             sampler_options["seed"] = self.seed
         try:
-            sampler = self.sampler_cls(**sampler_options)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                sampler = self.sampler_cls(**sampler_options)
         except TypeError as exc:  # a required argument (GridSampler's search space...) is missing
             raise UserError(f"{self.name} cannot be built from options: {exc}") from None
         self.sampler_name = self.sampler_cls.__name__
         self.study = optuna.create_study(direction="minimize", sampler=sampler)
         self._pending = []
         self._known = {}
+
+    def ask(self):
+        try:
+            return super().ask()
+        except ImportError as exc:  # CmaEsSampler imports ``cmaes`` only when it first samples
+            raise UserError(f"{self.name} needs a package that is not installed: {exc}") from None
 
 
 def _sampler_classes() -> dict[str, type]:
