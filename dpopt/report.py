@@ -19,6 +19,8 @@ import csv
 import html
 import math
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -408,3 +410,17 @@ def build_study_report(experiments: Mapping[str, Experiment], report_dir: str | 
 
 def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
+def screenshot(html_file: str | os.PathLike, png_file: str | os.PathLike, width: int = 1200,
+               height: int = 2400) -> Path:
+    """Render a report page in headless Chromium (Debian's ``chromium``) to a PNG: a check that
+    the page shows its plots with nothing but the one file."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        raise UserError("chromium is not installed (apt-get install -y chromium)")
+    png = Path(png_file).resolve()
+    subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={png}", f"--window-size={width},{height}", Path(html_file).resolve().as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    return png

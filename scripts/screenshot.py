@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +20,7 @@ from dpopt.fitness import FunctionEvaluator
 from dpopt.genome import Constraint, LayerMask
 from dpopt.optim import SEARCHERS, Budget, run_search
 from dpopt.report import (Evaluation, Experiment, RankMatrix, Reference, Run, build_compare_report,
-                          build_study_report)
+                          build_study_report, screenshot)
 
 N, K = 16, 4
 
@@ -65,16 +63,6 @@ def brute(fn, constraint) -> Reference:
     return Reference(fn(LayerMask.from_removed(N, best)), best, exact=True)
 
 
-def screenshot(html: Path, png: Path, width: int = 1200, height: int = 5200) -> Path:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        raise SystemExit("chromium is not installed (apt-get install -y chromium)")
-    subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--screenshot={png}", f"--window-size={width},{height}", html.resolve().as_uri()],
-                   check=True, capture_output=True, timeout=120)
-    return png
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -99,7 +87,7 @@ def main(argv=None) -> int:
     build_study_report(exps, out / "study", rank_matrix=rm, overwrite=True, n_boot=200)
     if not a.no_shot:
         for name in ("compare", "study"):
-            print(screenshot(out / name / "index.html", out / f"{name}.png"))
+            print(screenshot(out / name / "index.html", out / f"{name}.png", height=5200))
     return 0
 
 

@@ -276,3 +276,21 @@ def test_report_dir_that_is_a_file(tmp_path):
     f.write_text("")
     with pytest.raises(UserError, match="is a file"):
         prepare_dir(f)
+
+
+@pytest.mark.skipif(not __import__("shutil").which("chromium"), reason="Debian's chromium is not installed")
+def test_html_shows_its_plots_in_headless_chromium(synthetic, tmp_path):
+    """The page alone (copied away from its PNG files) renders the anytime plot in Chromium."""
+    from PIL import Image
+
+    from dpopt.report import screenshot
+
+    exp, _ = synthetic
+    build_compare_report(exp, tmp_path / "rep")
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "index.html").write_text((tmp_path / "rep" / "index.html").read_text())
+    img = np.asarray(Image.open(screenshot(alone / "index.html", tmp_path / "shot.png", 1000, 1400)).convert("RGB"))
+    # the first plot's coloured curves and band: many saturated pixels below the table
+    sat = (img.max(axis=2).astype(int) - img.min(axis=2)) > 80
+    assert sat[500:].sum() > 2000, sat.sum()
