@@ -181,7 +181,8 @@ def plot_ecdf(exp: Experiment, report_dir: Path, name: str, doc: Doc) -> None:
 
 
 def plot_matrix(mat: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, report_dir: Path,
-                name: str, doc: Doc, annotate: bool = True, vmin: float = 0.0, vmax: float = 1.0) -> None:
+                name: str, doc: Doc, annotate: bool = True, vmin: float = 0.0, vmax: float = 1.0,
+                caption: str | None = None) -> None:
     plt = _plt()
     if mat.shape[0] == mat.shape[1] and list(rows) == list(cols):  # drop searchers with no successful run
         keep = [i for i in range(len(rows)) if np.isfinite(np.delete(mat[i], i)).any() or np.isfinite(mat[i, i])]
@@ -199,7 +200,7 @@ def plot_matrix(mat: np.ndarray, rows: Sequence[str], cols: Sequence[str], title
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
     fig.colorbar(im, ax=ax)
     ax.set_title(title, fontsize=10)
-    _save(fig, report_dir, name, title, doc)
+    _save(fig, report_dir, name, caption or title, doc)
 
 
 # --- sections --------------------------------------------------------------------------------------
@@ -256,8 +257,9 @@ def compare_sections(exp: Experiment, report_dir: Path, doc: Doc, prefix: str = 
     doc.h(f"{exp.objective}: which blocks", level)
     plot_matrix(freq, exp.algos, list(range(exp.n_blocks)), "How often each block is removed (per searcher)",
                 report_dir, f"{prefix}blocks", doc, annotate=False)
-    plot_matrix(jac, exp.algos, exp.algos, "Jaccard overlap of final masks (diagonal: across seeds)",
-                report_dir, f"{prefix}jaccard", doc)
+    plot_matrix(jac, exp.algos, exp.algos, "Jaccard overlap of final masks", report_dir, f"{prefix}jaccard", doc,
+                caption="Mean Jaccard overlap of final masks over seed pairs: between searchers off the diagonal, "
+                        "across one searcher's seeds on it")
     off = jac[~np.eye(len(jac), dtype=bool)] if len(jac) > 1 else np.zeros(0)
     off = off[np.isfinite(off)]
     if len(off):
