@@ -154,3 +154,9 @@ def test_missing_sampler_dependency_is_user_error(constraint, monkeypatch):
     monkeypatch.setattr(s.study, "ask", broken)
     with pytest.raises(UserError, match="cmaes"):
         s.ask()
+
+
+def test_threaded_ng_optimizers_are_refused(constraint):
+    """SQP & co. block on a second ask and keep the process alive: refused before anything runs."""
+    with pytest.raises(UserError, match="thread"):
+        SEARCHERS.get("ng:SQP")(constraint, seed=0)

@@ -70,16 +70,35 @@ class NevergradSearch(SearcherBase):
         param.random_state = np.random.RandomState(self.seed % 2**32)
         # some optimizers draw from the global np.random too: keep that stream private per searcher
         self._np_state = {"seed": self.seed}
-        with self._quiet():
+        with self._quiet(), self._missing_package():
             self.opt = ng.optimizers.registry[self.optimizer](
                 parametrization=param, budget=self.budget,
                 num_workers=1 if self.optimizer_no_parallel() else self.batch_size)
+        self._refuse_threaded()
         self._pending: list[tuple[object, LayerMask]] = []
         self._known: dict[bytes, float] = {}
+
+    def _refuse_threaded(self) -> None:
+        """Nevergrad's wrappers of scipy & co. (SQP, Cobyla, NelderMead...) run the library in a
+        thread that blocks on the second ask before a tell and keeps the process alive at exit."""
+        from nevergrad.optimization.recaster import SequentialRecastOptimizer
+
+        for opt in (self.opt, getattr(self.opt, "optim", None)):
+            if isinstance(opt, SequentialRecastOptimizer):
+                raise UserError(f"{self.name} wraps a sequential library in a thread ({type(opt).__name__}) "
+                                "and cannot take batches; pick another nevergrad optimizer")
 
     @classmethod
     def optimizer_no_parallel(cls) -> bool:
         return bool(getattr(_registry().optimizers.registry[cls.optimizer], "no_parallelization", False))
+
+    @contextlib.contextmanager
+    def _missing_package(self):
+        """Some optimizers import an optional package (ax, bayes_opt...) when built or first asked."""
+        try:
+            yield
+        except ImportError as exc:
+            raise UserError(f"{self.name} needs a package that is not installed: {exc}") from None
 
     @contextlib.contextmanager
     def _quiet(self):
@@ -97,7 +116,7 @@ class NevergradSearch(SearcherBase):
             return []
         self._pending = []  # candidates cut off by the budget are never told: nevergrad allows that
         batch: dict[bytes, LayerMask] = {}
-        with self._quiet():
+        with self._quiet(), self._missing_package():
             for _ in range(self.max_tries * self.batch_size):
                 if len(batch) >= self.batch_size:
                     break
