@@ -4,8 +4,11 @@ Each removable block gets one real score; a mask keeps the ``n - k`` highest
 (``Constraint.from_scores``), the decoding cma and bayes use, so every candidate removes
 exactly ``k`` blocks without a penalty. The discrete (1+1) family (DiscreteLenglerOnePlusOne,
 PortfolioDiscreteOnePlusOne, ...) resamples a few coordinates per mutation; on a score
-vector that moves a block across the keep/remove boundary, which is a swap move. See
-``encoding`` below for the alternative that was measured.
+vector that moves a block across the keep/remove boundary, which is a swap move. Measured
+on the synthetic objective of the tests (1001 masks, seeds 0-5, budget 300): Lengler,
+Portfolio, NGOpt and DiscreteOnePlusOne found the optimum in 6/6 runs; bounding the scores
+to [-1, 1] changed nothing for the discrete ones (their mutation redraws a coordinate, so
+only ranks matter) and cost NGOpt one run, so the plain unbounded ``ng.p.Array`` stays.
 
 Many score vectors decode to one mask. A candidate whose mask was told before is answered
 at once from what is known (nevergrad still learns from it) and does not enter the batch,
@@ -45,28 +48,20 @@ class NevergradSearch(SearcherBase):
       ``budget`` (2000): the budget nevergrad plans for (NGOpt picks its algorithm from it);
       asks answered from the memo count too, hence generous. Done when nevergrad has asked it.
       ``max_tries`` (4): asks per batch slot before a batch is returned short.
-      ``encoding`` ("scores" | "signs"): "scores" is an ``ng.p.Array`` of free reals;
-      "signs" bounds it to [-1, 1] so mutations stay near the keep/remove threshold.
     """
 
     optimizer = ""  # set on the per-name subclass made by ``resolve``
     name = "ng"
 
     def __init__(self, constraint: Constraint, seed: int = 0, batch_size: int = 8, budget: int = 2000,
-                 max_tries: int = 4, encoding: str = "scores"):
+                 max_tries: int = 4):
         super().__init__(constraint, seed)
         ng = _registry()
         self.batch_size = check_int("batch_size", batch_size)
         self.budget = check_int("budget", budget)
         self.max_tries = check_int("max_tries", max_tries)
         self.dim = len(constraint.removable)
-        if encoding == "scores":
-            param = ng.p.Array(shape=(self.dim,))
-        elif encoding == "signs":
-            param = ng.p.Array(shape=(self.dim,), lower=-1.0, upper=1.0)
-        else:
-            raise UserError(f"{self.name} option encoding must be 'scores' or 'signs', got {encoding!r}")
-        self.encoding = encoding
+        param = ng.p.Array(shape=(self.dim,))
         param.random_state = np.random.RandomState(self.seed % 2**32)
         # some optimizers draw from the global np.random too: keep that stream private per searcher
         self._np_state = {"seed": self.seed}
