@@ -9,8 +9,10 @@ statistic.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -152,18 +154,12 @@ def anytime_curve(runs: Sequence[Run], direction: str, axis: str = "evaluations"
     return Curve(grid, med, low, high, len(runs))
 
 
-class _quiet_nan:
+@contextlib.contextmanager
+def _quiet_nan():
     """All-NaN columns (no valid mask yet in any run) are expected; silence numpy's warning."""
-
-    def __enter__(self):
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._w.__exit__(*exc)
+        yield
 
 
 def ecdf(values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
