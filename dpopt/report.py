@@ -31,7 +31,7 @@ from .errors import UserError
 from .stats import (  # noqa: F401  (re-exported: the integrator imports the input model from here)
     Evaluation, Experiment, RankMatrix, Reference, Run, Score, anytime_curve, as_score, best_reference,
     best_so_far, ecdf, headline, indistinguishable, jaccard_matrix, objective_vs_searcher, pairwise_tests,
-    rank_correlations, removal_frequency, signed, summary_table, win_matrix,
+    rank_correlations, removal_frequency, summary_table, win_matrix,
 )
 
 # held-out input: {searcher: {objective: value | (value, standard error) | Score}}
