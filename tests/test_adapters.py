@@ -15,7 +15,7 @@ from dpopt.registry import Registry
 from test_searchers_synthetic import K, N, PROTECT, RecordingEvaluator, brute_force, make_objective
 
 # evaluations each gets to hit the optimum of 1001 masks, from runs of seeds 0-5 at budget 300
-# (/tmp/rep/measure.py in the branch note): first hit at most 96 / 105 / 103 / 83 / 196 evaluations
+# (scripts/adapter_budgets.py): first hit at most 96 / 105 / 103 / 83 / 196 evaluations
 OPTIMUM_BUDGET = {
     "ng:DiscreteLenglerOnePlusOne": 150,
     "ng:PortfolioDiscreteOnePlusOne": 150,
