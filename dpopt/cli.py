@@ -221,6 +221,8 @@ def cmd_algos(a) -> int:
     for name, cls in SEARCHERS.items():
         doc = (cls.__doc__ or "").strip().splitlines()
         print(f"{name:<12}{doc[0] if doc else ''}")
+    for prefix, help in SEARCHERS.prefixes():  # whole foreign registries: ng:NAME, optuna:NAME
+        print(f"{prefix + ':NAME':<12}{help}")
     return 0
 
 

@@ -1,0 +1,428 @@
+"""The compare/study report: Markdown, one self-contained HTML page, PNG + SVG plots, a CSV.
+
+The integrator feeds it plain data (``stats.Run`` etc., built from the Optuna studies) and
+calls one of two functions:
+
+``build_compare_report(exp, report_dir, heldout=None, grid_cost=None, overwrite=False)``
+    one objective, many (searcher, seed) runs;
+``build_study_report(experiments, report_dir, rank_matrix=None, heldout=None, ...)``
+    the compare grid per objective, plus the objective-vs-searcher question.
+
+A report is a list of blocks (heading, paragraph, table, figure) rendered twice, to
+Markdown and to HTML, so the two never disagree. Plots are drawn with matplotlib's Agg
+backend and embedded in the HTML as base64 PNG: the page opens with no other file.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import math
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .errors import UserError
+from .stats import (  # noqa: F401  (re-exported: the integrator imports the input model from here)
+    Evaluation, Experiment, RankMatrix, Reference, Run, Score, anytime_curve, as_score, best_reference,
+    best_so_far, ecdf, headline, indistinguishable, jaccard_matrix, objective_vs_searcher, pairwise_tests,
+    rank_correlations, removal_frequency, summary_table, win_matrix,
+)
+
+# held-out input: {searcher: {objective: value | (value, standard error) | Score}}
+Heldout = Mapping[str, Mapping[str, object]]
+
+
+# --- blocks ------------------------------------------------------------------------------------
+@dataclass
+class Figure:
+    name: str  # file stem: NAME.png and NAME.svg
+    caption: str
+    png: bytes = b""
+
+
+@dataclass
+class Doc:
+    title: str
+    blocks: list = field(default_factory=list)  # ("h", level, text) | ("p", text) | ("table", head, rows) | Figure
+
+    def h(self, text: str, level: int = 2) -> None:
+        self.blocks.append(("h", level, text))
+
+    def p(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def table(self, head: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+        self.blocks.append(("table", list(head), [[_cell(c) for c in r] for r in rows]))
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return "–" if not math.isfinite(v) else f"{v:.4g}"
+    return str(v)
+
+
+def _fmt(v: float, digits: int = 4) -> str:
+    return "–" if v is None or not math.isfinite(v) else f"{v:.{digits}g}"
+
+
+def to_markdown(doc: Doc) -> str:
+    out = [f"# {doc.title}", ""]
+    for b in doc.blocks:
+        if isinstance(b, Figure):
+            out += [f"![{b.caption}]({b.name}.png)", "", f"*{b.caption}* ([svg]({b.name}.svg))", ""]
+        elif b[0] == "h":
+            out += ["#" * b[1] + " " + b[2], ""]
+        elif b[0] == "p":
+            out += [b[1], ""]
+        else:
+            _, head, rows = b
+            esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+            out.append("| " + " | ".join(map(esc, head)) + " |")
+            out.append("|" + "---|" * len(head))
+            out += ["| " + " | ".join(map(esc, r)) + " |" for r in rows]
+            out.append("")
+    return "\n".join(out)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}figure{margin:1em 0}
+img{max-width:100%;border:1px solid #eee}figcaption{font-size:13px;color:#555}.failed{color:#b00}"""
+
+
+def to_html(doc: Doc) -> str:
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(doc.title)}</title>"
+           f"<style>{_CSS}</style></head><body><h1>{html.escape(doc.title)}</h1>"]
+    for b in doc.blocks:
+        if isinstance(b, Figure):
+            data = base64.b64encode(b.png).decode("ascii")
+            out.append(f"<figure><img alt='{html.escape(b.caption)}' src='data:image/png;base64,{data}'>"
+                       f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
+        elif b[0] == "h":
+            out.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
+        elif b[0] == "p":
+            out.append(f"<p>{html.escape(b[1])}</p>")
+        else:
+            _, head, rows = b
+            out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
+            for r in rows:
+                cls = " class='failed'" if any("FAILED" in c for c in r) else ""
+                out.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
+            out.append("</table>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+# --- plots ---------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, report_dir: Path, name: str, caption: str, doc: Doc) -> None:
+    import io
+
+    plt = _plt()
+    fig.tight_layout()
+    fig.savefig(report_dir / f"{name}.svg")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    png = buf.getvalue()
+    (report_dir / f"{name}.png").write_bytes(png)
+    doc.blocks.append(Figure(name, caption, png))
+
+
+def _colors(n: int):
+    cmap = _plt().get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def plot_anytime(exp: Experiment, axis: str, report_dir: Path, name: str, doc: Doc) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for algo, color in zip(exp.algos, _colors(len(exp.algos))):
+        c = anytime_curve(exp.ok_runs(algo), exp.direction, axis)
+        if not len(c.x):
+            continue
+        ax.step(c.x, c.median, where="post", color=color, label=f"{algo} (n={c.n_runs})")
+        ax.fill_between(c.x, c.low, c.high, step="post", color=color, alpha=0.2)
+    ref = best_reference(exp)
+    if ref is not None:
+        ax.axhline(ref.value, color="k", ls="--", lw=1, label="optimum" if ref.exact else "best found")
+    ax.set_xlabel("evaluations" if axis == "evaluations" else "scored tokens / questions")
+    ax.set_ylabel(f"best {exp.objective} so far ({exp.direction})")
+    ax.legend(fontsize=8)
+    _save(fig, report_dir, name, f"Best valid {exp.objective} so far vs {ax.get_xlabel()}: median over seeds, "
+          "band = inter-quartile range", doc)
+
+
+def plot_ecdf(exp: Experiment, report_dir: Path, name: str, doc: Doc) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for algo, color in zip(exp.algos, _colors(len(exp.algos))):
+        x, y = ecdf([r.value for r in exp.ok_runs(algo)])
+        if len(x):
+            ax.step(np.r_[x[0], x], np.r_[0.0, y], where="post", color=color, label=algo)
+    ax.set_xlabel(f"final {exp.objective}")
+    ax.set_ylabel("fraction of runs ≤ x")
+    ax.legend(fontsize=8)
+    _save(fig, report_dir, name, f"Fixed-budget ECDF of the final {exp.objective} per searcher", doc)
+
+
+def plot_matrix(mat: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, report_dir: Path,
+                name: str, doc: Doc, annotate: bool = True, vmin: float = 0.0, vmax: float = 1.0,
+                caption: str | None = None) -> None:
+    plt = _plt()
+    if mat.shape[0] == mat.shape[1] and list(rows) == list(cols):  # drop searchers with no successful run
+        keep = [i for i in range(len(rows)) if np.isfinite(np.delete(mat[i], i)).any() or np.isfinite(mat[i, i])]
+        mat, rows, cols = mat[np.ix_(keep, keep)], [rows[i] for i in keep], [cols[i] for i in keep]
+    long = max((len(str(c)) for c in cols), default=0) > 4
+    fig, ax = plt.subplots(figsize=(max(4.0, (0.6 if long else 0.35) * len(cols) + 3.0),
+                                    max(2.5, 0.4 * len(rows) + (2.5 if long else 1.5))))
+    im = ax.imshow(np.ma.masked_invalid(mat), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(cols)), [str(c) for c in cols], rotation=90 if long or len(cols) > 8 else 0,
+                  fontsize=8)
+    ax.set_yticks(range(len(rows)), list(rows), fontsize=8)
+    if annotate and mat.size <= 150:
+        for (i, j), v in np.ndenumerate(mat):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+    fig.colorbar(im, ax=ax)
+    ax.set_title(title, fontsize=10)
+    _save(fig, report_dir, name, caption or title, doc)
+
+
+# --- sections --------------------------------------------------------------------------------------
+def compare_sections(exp: Experiment, report_dir: Path, doc: Doc, prefix: str = "", level: int = 2) -> dict:
+    """Everything about one objective's grid; returns the numbers for the caller (and tests)."""
+    ref = best_reference(exp)
+    rows = summary_table(exp)
+    pairs = pairwise_tests(exp)
+    wins = win_matrix(exp)
+    freq = removal_frequency(exp)
+    jac = jaccard_matrix(exp)
+    n_runs = len(exp.runs)
+    n_failed = sum(not r.ok for r in exp.runs)
+
+    doc.h(f"{exp.objective}: final values", level)
+    if ref is None:
+        doc.p("No run succeeded: nothing to compare.")
+    else:
+        kind = "the brute-force optimum" if ref.exact else "the best mask any run found (not proven optimal)"
+        doc.p(f"Reference: {exp.objective} = {_fmt(ref.value)} removing blocks {list(ref.removed)}, {kind}. "
+              f"{n_runs} runs, {n_failed} failed. Direction: {exp.direction}.")
+    doc.table(
+        ["searcher", "runs ok", "mean ± sd", "median", "best", "evals to 1% of ref (median)", "reached",
+         "wall s (mean)", "gap to ref (mean)", "gap %"],
+        [[r.algo, f"{r.n_ok}/{r.n_ok + r.n_failed}" + (" FAILED" if r.n_failed else ""),
+          f"{_fmt(r.mean)} ± {_fmt(r.sd, 2)}" if r.n_ok else "–", r.median, r.best, r.evals_median, f"{r.n_reached}/{r.n_ok}",
+          r.wall_mean, r.gap_mean, 100 * r.gap_rel_mean] for r in rows])
+    failures = [(r.algo, e) for r in rows for e in r.errors]
+    if failures:
+        doc.p("Failed runs (left out of every statistic): "
+              + "; ".join(f"{a} {e}" for a, e in failures))
+    if ref is not None:
+        reached = [r for r in rows if r.n_reached]
+        if reached:
+            fastest = min(reached, key=lambda r: (-r.n_reached, r.evals_median))
+            doc.p(f"Fewest evaluations to come within 1% of the reference: {fastest.algo} "
+                  f"(median {_fmt(fastest.evals_median)}, {fastest.n_reached}/{fastest.n_ok} seeds got there).")
+
+    doc.h(f"{exp.objective}: anytime curves", level)
+    plot_anytime(exp, "evaluations", report_dir, f"{prefix}anytime_evaluations", doc)
+    plot_anytime(exp, "units", report_dir, f"{prefix}anytime_tokens", doc)
+    plot_ecdf(exp, report_dir, f"{prefix}ecdf", doc)
+
+    doc.h(f"{exp.objective}: pairwise tests", level)
+    doc.table(["A", "B", "U", "p", "p (Holm)", "A beats B", "verdict"],
+              [[p.a, p.b, p.u, p.p, p.p_holm, p.win_rate,
+                ("A better" if p.win_rate > 0.5 else "B better") if p.p_holm < 0.05 else "no significant difference"]
+               for p in pairs])
+    doc.p("Two-sided Mann-Whitney U on final values over seeds, Holm-corrected over all pairs; "
+          "'A beats B' is the fraction of (seed of A, seed of B) pairs where A's final value is better, ties half.")
+    if len(exp.algos) > 1:
+        plot_matrix(wins, exp.algos, exp.algos, "Win rate: row beats column", report_dir, f"{prefix}win_rate", doc)
+
+    doc.h(f"{exp.objective}: which blocks", level)
+    plot_matrix(freq, exp.algos, list(range(exp.n_blocks)), "How often each block is removed (per searcher)",
+                report_dir, f"{prefix}blocks", doc, annotate=False)
+    plot_matrix(jac, exp.algos, exp.algos, "Jaccard overlap of final masks", report_dir, f"{prefix}jaccard", doc,
+                caption="Mean Jaccard overlap of final masks over seed pairs: between searchers off the diagonal, "
+                        "across one searcher's seeds on it")
+    off = jac[~np.eye(len(jac), dtype=bool)] if len(jac) > 1 else np.zeros(0)
+    off = off[np.isfinite(off)]
+    if len(off):
+        doc.p(f"Mean overlap of final masks between searchers: {off.mean():.2f} "
+              f"(1 = every searcher removes the same blocks).")
+    return {"reference": ref, "rows": rows, "pairs": pairs, "win_matrix": wins, "removal_frequency": freq,
+            "jaccard": jac}
+
+
+def heldout_section(heldout: Heldout, doc: Doc, level: int = 2) -> list[list[str]]:
+    """Each searcher's best mask re-scored on held-out data; '≈' marks a value within noise of the best."""
+    objectives = list(dict.fromkeys(o for per in heldout.values() for o in per))
+    algos = list(heldout)
+    table = []
+    for algo in algos:
+        row = [algo]
+        for o in objectives:
+            s = as_score(heldout[algo][o]) if o in heldout[algo] else None
+            row.append("–" if s is None else _fmt(s.value) + (f" ± {_fmt(s.se, 2)}" if s.se is not None else ""))
+        table.append(row)
+    doc.h("Held-out scores of each searcher's best mask", level)
+    doc.table(["searcher"] + objectives, table)
+    notes = []
+    for j, o in enumerate(objectives):
+        scores = {a: as_score(heldout[a][o]) for a in algos if o in heldout[a]}
+        if len(scores) < 2:
+            continue
+        hi, lo = max(scores.items(), key=lambda kv: kv[1].value), min(scores.items(), key=lambda kv: kv[1].value)
+        same = indistinguishable(hi[1], lo[1])
+        spread = f"{o}: {lo[0]} {_fmt(lo[1].value)} to {hi[0]} {_fmt(hi[1].value)}"
+        if same is None:
+            notes.append(spread + " (no standard error given: the difference may be noise)")
+        elif same:
+            notes.append(spread + f", a difference within 1.96 standard errors ({_fmt(math.hypot(hi[1].se, lo[1].se), 2)}): "
+                                  "not distinguishable")
+        else:
+            notes.append(spread + f", beyond 1.96 standard errors ({_fmt(math.hypot(hi[1].se, lo[1].se), 2)}) of the difference")
+    if notes:
+        doc.p("Spread per objective: " + "; ".join(notes) + ".")
+    return table
+
+
+# --- files -------------------------------------------------------------------------------------------
+def prepare_dir(report_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse a folder that exists and is not empty unless ``overwrite`` (a user mistake otherwise)."""
+    path = Path(report_dir)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"report folder {str(path)!r} is a file")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise UserError(f"report folder {str(path)!r} exists and is not empty; use --overwrite or another folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_evaluations_csv(path: Path, experiments: Sequence[Experiment]) -> None:
+    """One row per evaluation of every run (memo hits too: they are what each searcher asked)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["objective", "direction", "algo", "seed", "status", "evaluation", "units", "cum_units",
+                    "value", "valid", "best_so_far", "removed"])
+        for exp in experiments:
+            for r in exp.runs:
+                best = best_so_far(r.trace, exp.direction)
+                cum = np.cumsum([e.units for e in r.trace], dtype=float)
+                for e, b, c in zip(r.trace, best, cum):
+                    w.writerow([exp.objective, exp.direction, r.algo, r.seed, r.status, e.index, e.units, c,
+                                repr(float(e.value)), int(bool(e.valid)), "" if not np.isfinite(b) else repr(float(b)),
+                                " ".join(map(str, e.removed))])
+
+
+def write_report(report_dir: Path, doc: Doc, experiments: Sequence[Experiment]) -> dict[str, Path]:
+    files = {"md": report_dir / "report.md", "html": report_dir / "index.html", "csv": report_dir / "evaluations.csv"}
+    files["md"].write_text(to_markdown(doc), encoding="utf-8")
+    files["html"].write_text(to_html(doc), encoding="utf-8")
+    write_evaluations_csv(files["csv"], experiments)
+    return files
+
+
+def _cost_lines(grid_cost: Mapping[str, object] | None, doc: Doc) -> None:
+    if grid_cost:
+        doc.p("Cost of the grid: " + "; ".join(f"{k}: {_cell(v)}" for k, v in grid_cost.items()) + ".")
+
+
+# --- the two entry points ------------------------------------------------------------------------------
+def build_compare_report(exp: Experiment, report_dir: str | os.PathLike, heldout: Heldout | None = None,
+                         grid_cost: Mapping[str, object] | None = None, title: str | None = None,
+                         overwrite: bool = False) -> dict:
+    """Write the compare report for one objective; returns the computed numbers and the file paths.
+
+    ``grid_cost``: e.g. ``{"evaluations counted": 2500, "distinct masks scored": 1700}``
+    (the shared memo makes the second smaller). ``heldout``: {searcher: {objective: value or
+    (value, standard error)}} for each searcher's best mask.
+    """
+    path = prepare_dir(report_dir, overwrite)
+    doc = Doc(title or f"dpopt compare: {exp.objective}")
+    _cost_lines(grid_cost, doc)
+    numbers = compare_sections(exp, path, doc)
+    if heldout:
+        numbers["heldout"] = heldout_section(heldout, doc)
+    numbers["files"] = write_report(path, doc, [exp])
+    return numbers
+
+
+def build_study_report(experiments: Mapping[str, Experiment], report_dir: str | os.PathLike,
+                       rank_matrix: RankMatrix | None = None, heldout: Heldout | None = None,
+                       grid_cost: Mapping[str, object] | None = None, title: str | None = None,
+                       overwrite: bool = False, n_boot: int = 1000) -> dict:
+    """Write the study report: does the objective matter more than the searcher?
+
+    ``experiments``: {objective name: its compare grid}. ``rank_matrix``: one common set of
+    masks scored under every objective (the grid's final masks plus random ones).
+    ``heldout``: {searcher or "searcher @ objective": {objective: value or (value, se)}}.
+    """
+    path = prepare_dir(report_dir, overwrite)
+    doc = Doc(title or "dpopt study: " + ", ".join(experiments))
+    ov = objective_vs_searcher(experiments, n_boot=n_boot)
+    numbers: dict = {"overlap": ov, "headline": headline(ov)}
+    doc.p(numbers["headline"])
+    _cost_lines(grid_cost, doc)
+    doc.h("Objective vs searcher")
+    doc.table(["overlap of removed blocks (mean Jaccard)", "value"],
+              [["across objectives, same searcher", ov.across_objectives],
+               ["across searchers, same objective", ov.across_searchers],
+               ["difference (searchers − objectives)", ov.across_searchers - ov.across_objectives],
+               ["95% seed-bootstrap interval", f"[{_fmt(ov.diff_low, 3)}, {_fmt(ov.diff_high, 3)}]"]])
+    if rank_matrix is not None:
+        corr = rank_correlations(rank_matrix)
+        numbers["correlations"] = corr
+        doc.h("Do the objectives rank masks alike?")
+        doc.p(f"Over {len(rank_matrix.values)} common masks; values signed so that a positive correlation "
+              "means the two objectives agree on which masks are better.")
+        doc.table(["A", "B", "Spearman ρ", "p", "Kendall τ", "p", "masks"],
+                  [[c.a, c.b, c.spearman, c.spearman_p, c.kendall, c.kendall_p, c.n] for c in corr])
+        names = rank_matrix.objectives
+        m = np.eye(len(names))
+        for c in corr:
+            i, j = names.index(c.a), names.index(c.b)
+            m[i, j] = m[j, i] = c.spearman
+        plot_matrix(m, names, names, "Spearman rank correlation between objectives", path, "rank_correlation",
+                    doc, vmin=-1.0)
+    numbers["objectives"] = {}
+    for name, exp in experiments.items():
+        doc.h(f"Objective {name}")
+        numbers["objectives"][name] = compare_sections(exp, path, doc, prefix=f"{_slug(name)}_", level=3)
+    if heldout:
+        numbers["heldout"] = heldout_section(heldout, doc)
+    numbers["files"] = write_report(path, doc, list(experiments.values()))
+    return numbers
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
+def screenshot(html_file: str | os.PathLike, png_file: str | os.PathLike, width: int = 1200,
+               height: int = 2400) -> Path:
+    """Render a report page in headless Chromium (Debian's ``chromium``) to a PNG: a check that
+    the page shows its plots with nothing but the one file."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        raise UserError("chromium is not installed (apt-get install -y chromium)")
+    png = Path(png_file).resolve()
+    subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={png}", f"--window-size={width},{height}", Path(html_file).resolve().as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    return png

@@ -1,0 +1,465 @@
+"""The numbers behind ``dpopt compare`` and ``dpopt study``, as pure functions over plain data.
+
+Nothing here knows about models, studies or files: a :class:`Run` is what one (searcher,
+seed) left behind, and every function maps runs to numbers. ``report.py`` draws and writes
+them; the tests check them against values computed by hand. Raw objective values are kept
+as they are (perplexity, accuracy); :func:`signed` is the one place that turns them into
+"lower is better" for comparisons. Failed runs are shown in tables but left out of every
+statistic.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+
+# --- input model -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Evaluation:
+    """One mask scored for a run, in ask order (memo hits included: the searcher asked them)."""
+
+    index: int  # 1-based evaluation count within the run
+    units: float  # tokens (or questions) this evaluation scored
+    value: float  # raw objective value
+    valid: bool  # the mask satisfies the run's constraint (greedy's partial masks do not)
+    removed: tuple[int, ...] = ()
+
+
+@dataclass
+class Run:
+    algo: str
+    seed: int
+    status: str = "ok"  # "ok" | "failed"
+    error: str = ""
+    removed: tuple[int, ...] = ()  # the final mask's removed blocks
+    value: float = math.nan  # the final (best valid) raw value
+    wall_seconds: float = math.nan
+    trace: list[Evaluation] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class Reference:
+    value: float
+    removed: tuple[int, ...]
+    exact: bool  # True: brute-force optimum over the whole space; False: best mask any run found
+
+
+@dataclass
+class Experiment:
+    """Every run of a compare grid on one objective."""
+
+    objective: str
+    direction: str  # "minimize" | "maximize"
+    n_blocks: int
+    runs: list[Run]
+    reference: Reference | None = None
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("minimize", "maximize"):
+            raise ValueError(f"direction must be minimize or maximize, got {self.direction!r}")
+
+    @property
+    def algos(self) -> list[str]:
+        """Searchers in the order they first appear (the order the user listed them)."""
+        return list(dict.fromkeys(r.algo for r in self.runs))
+
+    def ok_runs(self, algo: str) -> list[Run]:
+        return [r for r in self.runs if r.algo == algo and r.ok]
+
+
+def signed(values, direction: str) -> np.ndarray:
+    """Raw values as "lower is better": the one place a direction is applied."""
+    v = np.asarray(values, dtype=float)
+    return v if direction == "minimize" else -v
+
+
+def best_reference(exp: Experiment) -> Reference | None:
+    """The experiment's reference, or else the best final mask of any successful run."""
+    if exp.reference is not None:
+        return exp.reference
+    ok = [r for r in exp.runs if r.ok and np.isfinite(r.value)]
+    if not ok:
+        return None
+    best = min(ok, key=lambda r: float(signed(r.value, exp.direction)))
+    return Reference(best.value, tuple(best.removed), exact=False)
+
+
+# --- anytime curves ----------------------------------------------------------------------
+def best_so_far(trace: Sequence[Evaluation], direction: str) -> np.ndarray:
+    """Best raw value among valid evaluations up to each one; NaN before the first valid one."""
+    out = np.full(len(trace), np.nan)
+    best = math.inf
+    for i, e in enumerate(trace):
+        s = float(signed(e.value, direction))
+        if e.valid and np.isfinite(s) and s < best:
+            best = s
+        if np.isfinite(best):
+            out[i] = float(signed(best, direction))
+    return out
+
+
+def _step_at(xs: np.ndarray, ys: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Value of the right-continuous step function (xs, ys) at each grid point; NaN before xs[0]."""
+    idx = np.searchsorted(xs, grid, side="right") - 1
+    out = np.where(idx >= 0, ys[np.clip(idx, 0, None)] if len(ys) else np.nan, np.nan)
+    return out.astype(float)
+
+
+@dataclass
+class Curve:
+    x: np.ndarray
+    median: np.ndarray
+    low: np.ndarray  # 25th percentile over seeds
+    high: np.ndarray  # 75th percentile
+    n_runs: int
+
+
+def anytime_curve(runs: Sequence[Run], direction: str, axis: str = "evaluations") -> Curve:
+    """Median and inter-quartile band over seeds of the best-so-far value.
+
+    ``axis="evaluations"``: x is the evaluation count; ``"units"``: x is the cumulative tokens
+    (or questions) scored. A run that stopped early holds its last value; before a run's first
+    valid mask its value is missing and the median is over the runs that have one.
+    """
+    per_run = []
+    for r in runs:
+        ys = best_so_far(r.trace, direction)
+        if axis == "evaluations":
+            xs = np.array([e.index for e in r.trace], dtype=float)
+        elif axis == "units":
+            xs = np.cumsum([e.units for e in r.trace], dtype=float)
+        else:
+            raise ValueError(f"axis must be evaluations or units, got {axis!r}")
+        per_run.append((xs, ys))
+    grid = np.unique(np.concatenate([xs for xs, _ in per_run])) if per_run else np.zeros(0)
+    if not per_run or not len(grid):
+        empty = np.zeros(0)
+        return Curve(empty, empty, empty, empty, len(runs))
+    mat = np.vstack([_step_at(xs, ys, grid) for xs, ys in per_run])
+    with np.errstate(all="ignore"), _quiet_nan():
+        med = np.nanmedian(mat, axis=0)
+        low = np.nanpercentile(mat, 25, axis=0)
+        high = np.nanpercentile(mat, 75, axis=0)
+    return Curve(grid, med, low, high, len(runs))
+
+
+@contextlib.contextmanager
+def _quiet_nan():
+    """All-NaN columns (no valid mask yet in any run) are expected; silence numpy's warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def ecdf(values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted values and the fraction of runs at or below each (the empirical CDF)."""
+    v = np.sort(np.asarray(values, dtype=float))
+    return v, np.arange(1, len(v) + 1) / max(len(v), 1)
+
+
+# --- the summary table --------------------------------------------------------------------
+def within(value: float, ref: float, direction: str, tol: float = 0.01) -> bool:
+    """``value`` is no worse than ``ref`` by more than ``tol`` of |ref|."""
+    return float(signed(value, direction)) <= float(signed(ref, direction)) + tol * abs(ref)
+
+
+def evals_to_reach(run: Run, ref: float, direction: str, tol: float = 0.01) -> int | None:
+    """The evaluation count at which the run's best-so-far first came within ``tol`` of ``ref``."""
+    for e, b in zip(run.trace, best_so_far(run.trace, direction)):
+        if np.isfinite(b) and within(b, ref, direction, tol):
+            return e.index
+    return None
+
+
+def gap(value: float, ref: float, direction: str) -> float:
+    """How much worse than the reference (>= 0 when the reference is the true optimum)."""
+    return float(signed(value, direction) - signed(ref, direction))
+
+
+@dataclass
+class Row:
+    algo: str
+    n_ok: int
+    n_failed: int
+    errors: list[str]
+    mean: float
+    sd: float
+    median: float
+    best: float
+    evals_median: float  # median evaluations to reach 1% of the reference, over seeds that did
+    n_reached: int
+    wall_mean: float
+    gap_mean: float
+    gap_rel_mean: float  # gap / |reference|
+
+
+def summary_table(exp: Experiment, tol: float = 0.01) -> list[Row]:
+    ref = best_reference(exp)
+    rows = []
+    for algo in exp.algos:
+        runs = [r for r in exp.runs if r.algo == algo]
+        ok = [r for r in runs if r.ok]
+        vals = np.array([r.value for r in ok], dtype=float)
+        reach = [evals_to_reach(r, ref.value, exp.direction, tol) for r in ok] if ref else []
+        reached = [x for x in reach if x is not None]
+        gaps = np.array([gap(v, ref.value, exp.direction) for v in vals]) if ref else np.zeros(0)
+        rows.append(Row(
+            algo=algo, n_ok=len(ok), n_failed=len(runs) - len(ok),
+            errors=[f"seed {r.seed}: {r.error}" for r in runs if not r.ok],
+            mean=_mean(vals), sd=float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan,
+            median=float(np.median(vals)) if len(vals) else math.nan,
+            best=float(signed(np.min(signed(vals, exp.direction)), exp.direction)) if len(vals) else math.nan,
+            evals_median=float(np.median(reached)) if reached else math.nan, n_reached=len(reached),
+            wall_mean=_mean([r.wall_seconds for r in ok]),
+            gap_mean=_mean(gaps), gap_rel_mean=_mean(gaps / abs(ref.value)) if ref and ref.value else math.nan,
+        ))
+    return rows
+
+
+def _mean(v) -> float:
+    v = np.asarray(v, dtype=float)
+    return float(v.mean()) if len(v) else math.nan
+
+
+# --- pairwise tests ------------------------------------------------------------------------
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment: sorted p_(i) * (m - i), made monotone, capped at 1."""
+    p = np.asarray(pvalues, dtype=float)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adj = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adj[i] = running
+    return adj
+
+
+@dataclass
+class Pair:
+    a: str
+    b: str
+    u: float  # Mann-Whitney U of a's signed final values against b's
+    p: float
+    p_holm: float
+    win_rate: float  # a beats b (lower signed value), ties half
+
+
+def win_rate(a: Sequence[float], b: Sequence[float]) -> float:
+    """Fraction of (run of a, run of b) pairs where a's signed value is lower; ties count half."""
+    a, b = np.asarray(a, dtype=float)[:, None], np.asarray(b, dtype=float)[None, :]
+    if not a.size or not b.size:
+        return math.nan
+    return float(((a < b).sum() + 0.5 * (a == b).sum()) / (a.size * b.size))
+
+
+def pairwise_tests(exp: Experiment) -> list[Pair]:
+    """Two-sided Mann-Whitney U between every two searchers' final values, Holm-adjusted together."""
+    finals = {a: signed([r.value for r in exp.ok_runs(a)], exp.direction) for a in exp.algos}
+    pairs = [(a, b) for a, b in itertools.combinations(exp.algos, 2) if len(finals[a]) and len(finals[b])]
+    raw = []
+    for a, b in pairs:
+        if np.ptp(np.concatenate([finals[a], finals[b]])) == 0:
+            raw.append((len(finals[a]) * len(finals[b]) / 2, 1.0))  # all equal: no evidence either way
+        else:
+            res = sps.mannwhitneyu(finals[a], finals[b], alternative="two-sided")
+            raw.append((float(res.statistic), float(res.pvalue)))
+    adj = holm([p for _, p in raw]) if raw else []
+    return [Pair(a, b, u, p, float(pa), win_rate(finals[a], finals[b]))
+            for (a, b), (u, p), pa in zip(pairs, raw, adj)]
+
+
+def win_matrix(exp: Experiment) -> np.ndarray:
+    """``M[i, j]``: how often searcher i's final value beats searcher j's (NaN on the diagonal)."""
+    finals = [signed([r.value for r in exp.ok_runs(a)], exp.direction) for a in exp.algos]
+    n = len(finals)
+    m = np.full((n, n), np.nan)
+    for i, j in itertools.permutations(range(n), 2):
+        m[i, j] = win_rate(finals[i], finals[j])
+    return m
+
+
+# --- which blocks ----------------------------------------------------------------------------
+def removal_frequency(exp: Experiment) -> np.ndarray:
+    """``F[i, b]``: fraction of searcher i's successful runs whose final mask removes block b."""
+    out = np.full((len(exp.algos), exp.n_blocks), np.nan)
+    for i, algo in enumerate(exp.algos):
+        ok = exp.ok_runs(algo)
+        if ok:
+            counts = np.zeros(exp.n_blocks)
+            for r in ok:
+                counts[list(r.removed)] += 1
+            out[i] = counts / len(ok)
+    return out
+
+
+def jaccard(a: Sequence[int], b: Sequence[int]) -> float:
+    a, b = set(a), set(b)
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def mean_jaccard(xs: Sequence[Sequence[int]], ys: Sequence[Sequence[int]] | None = None) -> float:
+    """Mean Jaccard over all (x, y) pairs; with ``ys`` omitted, over distinct pairs within ``xs``."""
+    pairs = itertools.combinations(xs, 2) if ys is None else itertools.product(xs, ys)
+    vals = [jaccard(a, b) for a, b in pairs]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def jaccard_matrix(exp: Experiment) -> np.ndarray:
+    """Mean Jaccard overlap of final masks: between searchers off the diagonal, across seeds on it."""
+    masks = [[r.removed for r in exp.ok_runs(a)] for a in exp.algos]
+    n = len(masks)
+    m = np.full((n, n), np.nan)
+    for i in range(n):
+        for j in range(n):
+            m[i, j] = mean_jaccard(masks[i]) if i == j else mean_jaccard(masks[i], masks[j])
+    return m
+
+
+# --- study: does the objective matter more than the searcher? -------------------------------
+def _cells(exps: Mapping[str, Experiment]) -> dict[tuple[str, str], list[tuple[int, ...]]]:
+    return {(o, a): [tuple(r.removed) for r in e.ok_runs(a)] for o, e in exps.items() for a in e.algos}
+
+
+def _overlaps(cells: Mapping[tuple[str, str], list]) -> tuple[float, float]:
+    objectives = list(dict.fromkeys(o for o, _ in cells))
+    algos = list(dict.fromkeys(a for _, a in cells))
+    across_algos = [mean_jaccard(cells[(o, a)], cells[(o, b)])
+                    for o in objectives for a, b in itertools.combinations(algos, 2)
+                    if cells.get((o, a)) and cells.get((o, b))]
+    across_obj = [mean_jaccard(cells[(o, a)], cells[(p, a)])
+                  for a in algos for o, p in itertools.combinations(objectives, 2)
+                  if cells.get((o, a)) and cells.get((p, a))]
+    return (float(np.mean(across_obj)) if across_obj else math.nan,
+            float(np.mean(across_algos)) if across_algos else math.nan)
+
+
+@dataclass
+class Overlap:
+    across_objectives: float  # same searcher, different objectives: mean Jaccard of final masks
+    across_searchers: float  # same objective, different searchers
+    diff_low: float  # 95% bootstrap interval of across_searchers - across_objectives
+    diff_high: float
+    n_boot: int
+
+    @property
+    def objective_matters_more(self) -> bool | None:
+        """True/False when the interval excludes 0; None when the difference is inside the noise."""
+        if not np.isfinite(self.diff_low) or self.diff_low <= 0 <= self.diff_high:
+            return None
+        return self.diff_low > 0
+
+
+def objective_vs_searcher(exps: Mapping[str, Experiment], n_boot: int = 1000, seed: int = 0) -> Overlap:
+    """Overlap of removed blocks across objectives vs across searchers, with a seed bootstrap.
+
+    The interval resamples, within every (objective, searcher) cell, its runs with
+    replacement: seeds are the unit of replication, so this is how much the two overlaps
+    would move with other seeds.
+    """
+    cells = _cells(exps)
+    obj, alg = _overlaps(cells)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_boot if np.isfinite(obj) and np.isfinite(alg) else 0):
+        boot = {k: [v[i] for i in rng.integers(0, len(v), len(v))] if v else v for k, v in cells.items()}
+        o, a = _overlaps(boot)
+        diffs.append(a - o)
+    low, high = (np.percentile(diffs, [2.5, 97.5]) if diffs else (math.nan, math.nan))
+    return Overlap(obj, alg, float(low), float(high), len(diffs))
+
+
+@dataclass
+class RankMatrix:
+    """Raw values of one common set of masks (rows) under several objectives (columns)."""
+
+    objectives: list[str]
+    directions: list[str]
+    values: np.ndarray  # shape (n_masks, n_objectives)
+    masks: list[tuple[int, ...]] = field(default_factory=list)
+
+
+@dataclass
+class Correlation:
+    a: str
+    b: str
+    spearman: float
+    spearman_p: float
+    kendall: float
+    kendall_p: float
+    n: int
+
+
+def rank_correlations(rm: RankMatrix) -> list[Correlation]:
+    """Spearman and Kendall between every two objectives, on "lower is better" values.
+
+    Signing first makes a positive correlation mean the objectives agree on which masks are
+    good, whatever their directions. Masks with a non-finite value under either are dropped.
+    """
+    vals = np.column_stack([signed(rm.values[:, j], d) for j, d in enumerate(rm.directions)]) \
+        if len(rm.objectives) else np.zeros((0, 0))
+    out = []
+    for i, j in itertools.combinations(range(len(rm.objectives)), 2):
+        x, y = vals[:, i], vals[:, j]
+        keep = np.isfinite(x) & np.isfinite(y)
+        x, y = x[keep], y[keep]
+        if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+            out.append(Correlation(rm.objectives[i], rm.objectives[j], *(math.nan,) * 4, len(x)))
+            continue
+        s = sps.spearmanr(x, y)
+        k = sps.kendalltau(x, y)
+        out.append(Correlation(rm.objectives[i], rm.objectives[j], float(s.statistic), float(s.pvalue),
+                               float(k.statistic), float(k.pvalue), len(x)))
+    return out
+
+
+def headline(ov: Overlap) -> str:
+    """One sentence, from the numbers; a difference inside the bootstrap interval is no finding."""
+    nums = (f"mean Jaccard overlap of removed blocks: {ov.across_objectives:.2f} across objectives "
+            f"(same searcher) vs {ov.across_searchers:.2f} across searchers (same objective); "
+            f"difference {ov.across_searchers - ov.across_objectives:+.2f}, "
+            f"95% seed-bootstrap interval [{ov.diff_low:+.2f}, {ov.diff_high:+.2f}]")
+    verdict = ov.objective_matters_more
+    if verdict is None:
+        return f"Within the noise of these seeds, neither the objective nor the searcher matters more ({nums})."
+    if verdict:
+        return f"The objective matters more than the searcher ({nums})."
+    return f"The searcher matters more than the objective ({nums})."
+
+
+# --- held-out ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Score:
+    """A held-out value, with its standard error where it is a sample mean (accuracy, NLL)."""
+
+    value: float
+    se: float | None = None
+
+
+def as_score(v) -> Score:
+    if isinstance(v, Score):
+        return v
+    if isinstance(v, (tuple, list)):
+        return Score(float(v[0]), None if v[1] is None else float(v[1]))
+    return Score(float(v))
+
+
+def indistinguishable(a: Score, b: Score, z: float = 1.96) -> bool | None:
+    """Whether two sampled scores differ by less than ``z`` standard errors of the difference.
+
+    None when either has no standard error (nothing can be said about the noise).
+    """
+    if a.se is None or b.se is None:
+        return None
+    return abs(a.value - b.value) <= z * math.hypot(a.se, b.se)
