@@ -279,6 +279,22 @@ class MaskedModel:
             for module in stubbed:
                 del module.forward
 
+    @contextlib.contextmanager
+    def applied_units(self, removed: Iterable[str]) -> Iterator[nn.Module]:
+        """Like :meth:`applied`, for unit names: the model as its export will be.
+
+        Dropped blocks leave the block list; a removed sub-layer of a kept block has its
+        output projection's weight and bias replaced by zeros (the live parameters are put
+        back on exit, never written to), so ``generate`` with the KV cache behaves as the
+        reloaded checkpoint does.
+        """
+        from .export import zeroed_sublayers
+        from .units import plan_units
+
+        plan = plan_units(self, removed)
+        with zeroed_sublayers(self, plan), self.applied(LayerMask.from_removed(self.n_blocks, plan.dropped)) as model:
+            yield model
+
     def _check(self, mask: LayerMask) -> None:
         if mask.n_units != self.n_blocks:
             raise ValueError(f"mask has {mask.n_units} units, model has {self.n_blocks} blocks")
