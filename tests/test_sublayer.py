@@ -179,6 +179,13 @@ def test_run_block_skips_each_sublayer_per_call(variant):
     assert torch.equal(masked.run_block(1, h, prep), full)
     with pytest.raises(ValueError):
         masked.run_block(1, h, prep, skip={"ffn"})
+    # a forward set on the instance (accelerate's offload hook does that) survives a skipped call
+    attn = _branch(masked.blocks[1], "attn", masked)
+    hooked = attn.forward
+    attn.forward = hooked
+    masked.run_block(1, h, prep, skip={"attn"})
+    assert attn.__dict__.get("forward") is hooked
+    assert torch.equal(masked.run_block(1, h, prep), full)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -80,6 +80,9 @@ def per_layer_config_keys(config, n_blocks: int) -> list[str]:
     return sorted(keys)
 
 
+_NO_FORWARD = object()
+
+
 def _zero_forward(module: nn.Module, sub: SubLayer):
     """A forward for ``module`` that returns zeros shaped like its real output, computing nothing.
 
@@ -266,18 +269,22 @@ class MaskedModel:
     @contextlib.contextmanager
     def silenced(self, block: int, skip: AbstractSet[str]) -> Iterator[None]:
         """While inside, the named sub-layers of block ``block`` output zeros without computing."""
-        stubbed: list[nn.Module] = []
+        stubbed: list[tuple[nn.Module, Any]] = []
         try:
             for kind in sorted(skip):
                 sub = self.family.sublayers[kind]
                 for path in sub.silence:
                     module = get_path(self.blocks[block], path)
+                    # an instance-level forward (accelerate's offload hook) is put back, not deleted
+                    stubbed.append((module, module.__dict__.get("forward", _NO_FORWARD)))
                     module.forward = _zero_forward(module, sub)
-                    stubbed.append(module)
             yield
         finally:
-            for module in stubbed:
-                del module.forward
+            for module, previous in reversed(stubbed):
+                if previous is _NO_FORWARD:
+                    del module.forward
+                else:
+                    module.forward = previous
 
     @contextlib.contextmanager
     def applied_units(self, removed: Iterable[str]) -> Iterator[nn.Module]:
