@@ -1,7 +1,7 @@
 """Attention/MLP sub-layer units for every family: masked execution is exact and export reproduces it.
 
-For each tiny model in ``TINY_CONFIGS`` (plus OPT with post-norm blocks and sequential
-GPT-NeoX) and random masks that remove attention only, MLP only, and both (with a block
+For each tiny model in ``TINY_CONFIGS`` (plus OPT with post-norm blocks, sequential
+GPT-NeoX and Gemma v1) and random masks that remove attention only, MLP only, and both (with a block
 that loses both sub-layers and a whole block):
 
 * the masked logits, computed block by block with sub-layers silenced, equal the model's
@@ -25,7 +25,7 @@ from dpopt.errors import UserError
 from dpopt.genome import LayerMask
 from dpopt.models.export import export_pruned_units
 from dpopt.models.masked import MaskedModel
-from dpopt.models.tiny import TINY_CONFIGS, tiny_config
+from dpopt.models.tiny import COMMON, TINY_CONFIGS, tiny_config
 from dpopt.models.units import plan_units, sublayer_unit_names, unit_param_counts
 
 N_BLOCKS = 6
@@ -34,6 +34,8 @@ TOL = 1e-4
 VARIANTS = {f: {} for f in sorted(TINY_CONFIGS)}
 VARIANTS["opt-postln"] = {"do_layer_norm_before": False}  # opt-350m: norm after the residual add
 VARIANTS["gpt_neox-sequential"] = {"use_parallel_residual": False}
+# Gemma (v1) has no tiny config of its own: its post_attention_layernorm is the MLP's input norm
+VARIANTS["gemma"] = {"_class": "GemmaConfig", "num_key_value_heads": 1, "head_dim": 8}
 # names of output projections inside an attention/MLP branch, independent of dpopt's family specs
 _OUT_PROJ = {"o_proj", "down_proj", "c_proj", "out_proj", "fc2", "dense", "dense_4h_to_h"}
 
@@ -42,8 +44,15 @@ def _model(variant: str, seed: int = 0):
     from transformers import AutoModelForCausalLM
 
     family, _, _ = variant.partition("-")
-    config = tiny_config(family, N_BLOCKS)
-    for k, v in VARIANTS[variant].items():
+    overrides = dict(VARIANTS[variant])
+    if "_class" in overrides:
+        import transformers
+
+        cls = getattr(transformers, overrides.pop("_class"))
+        config, overrides = cls(**dict(COMMON, num_hidden_layers=N_BLOCKS, **overrides)), {}
+    else:
+        config = tiny_config(family, N_BLOCKS)
+    for k, v in overrides.items():
         setattr(config, k, v)
     # wider init than the default 0.02 so removing one sub-layer moves the logits far beyond TOL
     config.initializer_range = config.init_std = 0.1
@@ -199,6 +208,18 @@ def test_unit_param_counts_partition_each_block(variant):
         assert counts[f"attn.{i}"] + counts[f"mlp.{i}"] == total
         # the branch's own module is inside its unit
         assert counts[f"attn.{i}"] >= sum(p.numel() for p in _branch(block, "attn", masked).parameters())
+    # ground truth from the graph: with the other sub-layer silenced, exactly this unit's
+    # parameters get a gradient (post-norm OPT's norms sit on the stream itself: not checked)
+    if variant != "opt-postln":
+        prep = masked.prepare(_ids())
+        args, kwargs = prep.block_args[2]
+        for kind, other in (("attn", "mlp"), ("mlp", "attn")):
+            model.zero_grad(set_to_none=True)
+            with masked.silenced(2, {other}):
+                out = masked.blocks[2](prep.h0, *args, **kwargs)
+            (out[0] if isinstance(out, tuple) else out).pow(2).sum().backward()
+            live = sum(p.numel() for p in masked.blocks[2].parameters() if p.grad is not None and p.grad.abs().sum() > 0)
+            assert counts[f"{kind}.2"] == live, kind
     if variant == "llama":  # by hand: q,o d*d; k,v d*d/2 (GQA 4->2 heads); input norm d; gate/up/down d*ff; norm d
         d, ff = 32, 64
         assert counts["attn.0"] == 2 * d * d + 2 * d * d // 2 + d
