@@ -82,20 +82,23 @@ def _masks(variant: str) -> dict[str, list[str]]:
     }
 
 
-def _branch(block, kind: str, masked: MaskedModel):
+def _branch(block, kind: str):
     """The attention or MLP module of ``block`` (for OPT's inline MLP, its fc2)."""
     names = {"attn": ("self_attn", "attn", "attention"), "mlp": ("mlp", "fc2")}[kind]
     return next(getattr(block, n) for n in names if hasattr(block, n))
 
 
-def _zero_own(block, kind: str, masked: MaskedModel) -> None:
+def _zero_own(block, kind: str) -> None:
+    """Zero the output projection(s) of the branch by name, as a user would by hand."""
+    branch = _branch(block, kind)
+    outs = [branch] if isinstance(branch, torch.nn.Linear) else \
+        [m for n, m in branch.named_modules() if n.rsplit(".", 1)[-1] in _OUT_PROJ]
+    assert outs, f"no output projection found in {type(branch).__name__}"
     with torch.no_grad():
-        for name, module in _branch(block, kind, masked).named_modules():
-            if (name.rsplit(".", 1)[-1] in _OUT_PROJ or (name == "" and kind == "mlp" and hasattr(block, "fc2"))) \
-                    and hasattr(module, "weight"):
-                module.weight.zero_()
-                if getattr(module, "bias", None) is not None:
-                    module.bias.zero_()
+        for module in outs:
+            module.weight.zero_()
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
 
 
 def _own_forward(model, masked: MaskedModel, units: list[str], ids: torch.Tensor) -> torch.Tensor:
@@ -106,7 +109,7 @@ def _own_forward(model, masked: MaskedModel, units: list[str], ids: torch.Tensor
     for u in units:
         kind, i = u.split(".")
         if kind != "block" and int(i) not in whole:
-            _zero_own(ref_masked.blocks[int(i)], kind, ref_masked)
+            _zero_own(ref_masked.blocks[int(i)], kind)
     with ref_masked.applied(LayerMask.from_removed(N_BLOCKS, whole)) as m, torch.no_grad():
         return m(input_ids=ids, use_cache=False).logits
 
@@ -189,7 +192,7 @@ def test_run_block_skips_each_sublayer_per_call(variant):
     with pytest.raises(ValueError):
         masked.run_block(1, h, prep, skip={"ffn"})
     # a forward set on the instance (accelerate's offload hook does that) survives a skipped call
-    attn = _branch(masked.blocks[1], "attn", masked)
+    attn = _branch(masked.blocks[1], "attn")
     hooked = attn.forward
     attn.forward = hooked
     masked.run_block(1, h, prep, skip={"attn"})
@@ -207,7 +210,7 @@ def test_unit_param_counts_partition_each_block(variant):
         assert counts[f"attn.{i}"] > 0 and counts[f"mlp.{i}"] > 0
         assert counts[f"attn.{i}"] + counts[f"mlp.{i}"] == total
         # the branch's own module is inside its unit
-        assert counts[f"attn.{i}"] >= sum(p.numel() for p in _branch(block, "attn", masked).parameters())
+        assert counts[f"attn.{i}"] >= sum(p.numel() for p in _branch(block, "attn").parameters())
     # ground truth from the graph: with the other sub-layer silenced, exactly this unit's
     # parameters get a gradient (post-norm OPT's norms sit on the stream itself: not checked)
     if variant != "opt-postln":
@@ -218,7 +221,8 @@ def test_unit_param_counts_partition_each_block(variant):
             with masked.silenced(2, {other}):
                 out = masked.blocks[2](prep.h0, *args, **kwargs)
             (out[0] if isinstance(out, tuple) else out).pow(2).sum().backward()
-            live = sum(p.numel() for p in masked.blocks[2].parameters() if p.grad is not None and p.grad.abs().sum() > 0)
+            live = sum(p.numel() for p in masked.blocks[2].parameters()
+                       if p.grad is not None and p.grad.abs().sum() > 0)
             assert counts[f"{kind}.2"] == live, kind
     if variant == "llama":  # by hand: q,o d*d; k,v d*d/2 (GQA 4->2 heads); input norm d; gate/up/down d*ff; norm d
         d, ff = 32, 64

@@ -29,6 +29,7 @@ from torch import nn
 from ..errors import UserError
 from ..genome import LayerMask
 from .families import FamilySpec, get_path
+from .units import plan_units
 
 
 def renumber_in_place(family: FamilySpec, blocks: nn.ModuleList, kept: Sequence[int]) -> list[tuple[object, str, int]]:
@@ -121,8 +122,6 @@ def export_pruned_units(masked, tokenizer, removed: Iterable[str], out: str | os
     config records ``dpopt_removed_layers`` (the blocks dropped outright) and
     ``dpopt_removed_units`` (every removed unit, canonical names).
     """
-    from .units import plan_units
-
     plan = plan_units(masked, removed)  # a bad unit name fails before anything is written
     out = prepare_out_dir(out, force)
     model = masked.model

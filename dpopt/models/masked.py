@@ -21,9 +21,10 @@ from typing import AbstractSet, Any, Iterable, Iterator
 import torch
 from torch import nn
 
-from ..genome import LayerMask
 from ..errors import UserError
+from ..genome import LayerMask
 from .families import FamilySpec, SubLayer, family_of, get_path, set_path
+from .units import plan_units
 
 
 class _StopForward(Exception):
@@ -243,8 +244,6 @@ class MaskedModel:
     @torch.no_grad()
     def forward_units(self, removed: Iterable[str], prepared: Prepared) -> torch.Tensor:
         """Logits with the named units removed (``block.I``, ``attn.I``, ``mlp.I``; see :mod:`.units`)."""
-        from .units import plan_units
-
         plan = plan_units(self, removed)
         h = prepared.h0
         for i in plan.kept():
@@ -296,7 +295,6 @@ class MaskedModel:
         reloaded checkpoint does.
         """
         from .export import zeroed_sublayers
-        from .units import plan_units
 
         plan = plan_units(self, removed)
         with zeroed_sublayers(self, plan), self.applied(LayerMask.from_removed(self.n_blocks, plan.dropped)) as model:
