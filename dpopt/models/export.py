@@ -5,20 +5,31 @@ import, and ``generate()`` must work on it. That means: the kept blocks renumber
 (``layer_idx`` inside each block, which the KV cache indexes by), ``num_hidden_layers`` and
 ``layer_types`` rewritten, GGUF quantisation metadata dropped, the tokenizer beside it, and
 the removed indices recorded in the config so the result says where it came from.
+
+A removed attention or MLP sub-layer of a kept block cannot be left out of the code that
+plain ``transformers`` runs, and none of the registered families' configs has a per-layer
+head count or intermediate size to express it; so its output projection's weight and bias
+are saved as zeros, which makes the branch add exactly 0, as masked execution does. The
+zeroed weights are still stored and still computed: only whole blocks make the exported
+model smaller and faster (``benchmarks/export_speed.py`` measures it). A block whose
+sub-layers are all removed is dropped as a whole block where that is exact (pre-norm).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
+import torch
 from torch import nn
 
 from ..errors import UserError
 from ..genome import LayerMask
 from .families import FamilySpec, get_path
+from .units import plan_units
 
 
 def renumber_in_place(family: FamilySpec, blocks: nn.ModuleList, kept: Sequence[int]) -> list[tuple[object, str, int]]:
@@ -36,6 +47,30 @@ def renumber_in_place(family: FamilySpec, blocks: nn.ModuleList, kept: Sequence[
                 undo.append((owner, attr, getattr(owner, attr)))
                 setattr(owner, attr, new_idx)
     return undo
+
+
+@contextlib.contextmanager
+def zeroed_sublayers(masked, plan) -> Iterator[None]:
+    """While inside, the output projections of ``plan``'s silenced sub-layers hold zero weights.
+
+    The parameters are swapped for zero ones and the originals put back on exit, so the
+    loaded weights are never written to (a failure mid-way leaves the model intact).
+    """
+    swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
+    try:
+        for block, kinds in sorted(plan.silenced.items()):
+            for kind in sorted(kinds):
+                for path in masked.family.sublayers[kind].zero:
+                    module = get_path(masked.blocks[block], path)
+                    for name in ("weight", "bias"):
+                        param = getattr(module, name, None)
+                        if isinstance(param, nn.Parameter):
+                            swapped.append((module, name, param))
+                            setattr(module, name, nn.Parameter(torch.zeros_like(param), requires_grad=False))
+        yield
+    finally:
+        for module, name, param in reversed(swapped):
+            setattr(module, name, param)
 
 
 def strip_quantization(model: nn.Module) -> None:
@@ -71,7 +106,23 @@ def prepare_out_dir(out: str | os.PathLike, force: bool = False) -> Path:
 
 def export_pruned(masked, tokenizer, mask: LayerMask, out: str | os.PathLike, source: str = "",
                   force: bool = False) -> Path:
-    """Write the pruned model to ``out`` atomically: a temporary sibling, then a rename."""
+    """Write the model with ``mask``'s removed blocks dropped; see :func:`export_pruned_units`."""
+    masked._check(mask)
+    return export_pruned_units(masked, tokenizer, [f"block.{i}" for i in mask.removed()], out, source, force)
+
+
+_DPOPT_KEYS = ("dpopt_removed_layers", "dpopt_removed_units", "dpopt_original_num_hidden_layers", "dpopt_source")
+
+
+def export_pruned_units(masked, tokenizer, removed: Iterable[str], out: str | os.PathLike, source: str = "",
+                        force: bool = False) -> Path:
+    """Write the model with the named units removed to ``out`` atomically: a temporary sibling, then a rename.
+
+    ``removed`` holds ``block.I``, ``attn.I`` and ``mlp.I`` names (original indices). The
+    config records ``dpopt_removed_layers`` (the blocks dropped outright) and
+    ``dpopt_removed_units`` (every removed unit, canonical names).
+    """
+    plan = plan_units(masked, removed)  # a bad unit name fails before anything is written
     out = prepare_out_dir(out, force)
     model = masked.model
     strip_quantization(model)
@@ -79,14 +130,15 @@ def export_pruned(masked, tokenizer, mask: LayerMask, out: str | os.PathLike, so
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        with masked.applied(mask):
-            model.config.dpopt_removed_layers = list(mask.removed())
-            model.config.dpopt_original_num_hidden_layers = mask.n_units
+        with masked.applied_units(plan.names()):
+            model.config.dpopt_removed_layers = list(plan.dropped)
+            model.config.dpopt_removed_units = plan.names()
+            model.config.dpopt_original_num_hidden_layers = masked.n_blocks
             model.config.dpopt_source = str(source)
             try:
                 model.save_pretrained(tmp)
             finally:
-                for k in ("dpopt_removed_layers", "dpopt_original_num_hidden_layers", "dpopt_source"):
+                for k in _DPOPT_KEYS:
                     model.config.__dict__.pop(k, None)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

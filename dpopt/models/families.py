@@ -4,10 +4,15 @@ Masked execution needs only these three places: the blocks are called one by one
 arguments the model itself passes them (captured once, see :mod:`dpopt.models.masked`), and
 the head turns the last hidden state into logits. Adding a family is one ``FamilySpec`` and
 one decorator; ``model_type`` strings from ``config.json`` are the registry keys.
+
+For attention/MLP sub-layer units a family also names, per block, each residual branch
+(:class:`SubLayer`): which modules to silence so the branch adds exactly 0 to the residual
+stream, which output projections to zero on export so plain ``transformers`` adds 0 too,
+and which modules' parameters the branch owns.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -30,6 +35,32 @@ def set_path(root: nn.Module, path: str, value) -> None:
 
 
 @dataclass(frozen=True)
+class SubLayer:
+    """One residual branch of a block (attention or MLP), as masked execution and export see it.
+
+    Silencing replaces each ``silence`` module's forward by one that returns zeros of its
+    output shape without computing anything; every family's block then adds 0 (or, for a
+    branch with a post-norm such as Gemma2/3 and OLMo2, ``RMSNorm(0) = 0``) to the residual.
+    Export cannot replace code, so it zeroes the weight and bias of the ``zero`` projections
+    instead, which makes the branch output exactly the same 0 in the reloaded model.
+    """
+
+    silence: tuple[str, ...]  # module paths inside a block replaced by zero outputs when skipped
+    zero: tuple[str, ...]  # output projections (weight and bias) zeroed on export
+    params: tuple[str, ...]  # modules whose parameters belong to this branch (absent paths ignored)
+    arity: int = 1  # the silenced module returns a tuple of this length (output, None, ...); 1: a tensor
+
+
+def _llama_sublayers(attn: str = "self_attn", mlp: str = "mlp", attn_norms=("input_layernorm",),
+                     mlp_norms=("post_attention_layernorm",), o_proj: str = "o_proj",
+                     down_proj: str = "down_proj") -> dict[str, SubLayer]:
+    return {
+        "attn": SubLayer((attn,), (f"{attn}.{o_proj}",), (*attn_norms, attn), arity=2),
+        "mlp": SubLayer((mlp,), (f"{mlp}.{down_proj}",), (*mlp_norms, mlp)),
+    }
+
+
+@dataclass(frozen=True)
 class FamilySpec:
     name: str
     blocks: str  # dotted path of the nn.ModuleList of decoder blocks
@@ -39,6 +70,11 @@ class FamilySpec:
     logit_divisor: Callable[[object], float | None] = lambda config: None
     # attributes inside a block that hold its index (renumbered on export for the KV cache)
     layer_idx_attrs: tuple[str, ...] = ("layer_idx", "self_attn.layer_idx", "attn.layer_idx", "attention.layer_idx")
+    # the residual branches of a block, by unit kind ("attn", "mlp"); None: they cannot be separated
+    sublayers: dict[str, SubLayer] | None = field(default=None, compare=False)
+    # whether a block with every branch silenced is the identity (pre-norm); False for post-norm
+    # blocks (OPT-350m style), whose norm after the residual add still acts on the stream
+    empty_block_is_identity: Callable[[object], bool] = lambda config: True
 
     def block_list(self, model: nn.Module) -> nn.ModuleList:
         return get_path(model, self.blocks)
@@ -66,37 +102,68 @@ def register_family(spec: FamilySpec, *model_types: str) -> FamilySpec:
     return spec
 
 
-_LLAMA_LIKE = FamilySpec("llama-like", blocks="model.layers", final=("model.norm",), head="lm_head")
-register_family(_LLAMA_LIKE, "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3")
+_LLAMA_SUBLAYERS = _llama_sublayers()
+_LLAMA_LIKE = FamilySpec("llama-like", blocks="model.layers", final=("model.norm",), head="lm_head",
+                         sublayers=_LLAMA_SUBLAYERS)
+register_family(_LLAMA_LIKE, "llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3")
+# OLMo2 normalises each branch's output (no input norms): RMSNorm(0) = 0 keeps a silenced branch at 0
 register_family(
-    FamilySpec("granite", blocks="model.layers", final=("model.norm",), head="lm_head",
-               logit_divisor=lambda c: getattr(c, "logits_scaling", None)),
-    "granite",
+    replace(_LLAMA_LIKE, name="olmo2",
+            sublayers=_llama_sublayers(attn_norms=("post_attention_layernorm",),
+                                       mlp_norms=("post_feedforward_layernorm",))),
+    "olmo2",
 )
 register_family(
-    FamilySpec(
-        "gemma",
-        blocks="model.layers",
-        final=("model.norm",),
-        head="lm_head",
-        logit_softcap=lambda c: getattr(c, "final_logit_softcapping", None),
-    ),
+    FamilySpec("granite", blocks="model.layers", final=("model.norm",), head="lm_head",
+               logit_divisor=lambda c: getattr(c, "logits_scaling", None), sublayers=_LLAMA_SUBLAYERS),
+    "granite",
+)
+_GEMMA = FamilySpec(
     "gemma",
+    blocks="model.layers",
+    final=("model.norm",),
+    head="lm_head",
+    logit_softcap=lambda c: getattr(c, "final_logit_softcapping", None),
+    sublayers=_LLAMA_SUBLAYERS,
+)
+register_family(_GEMMA, "gemma")
+# Gemma2/3 normalise each branch's output before the residual add (``post_attention_layernorm``
+# acts on the attention output there, unlike Gemma and Llama): RMSNorm(0) = 0, so silencing is exact
+register_family(
+    replace(_GEMMA, name="gemma2",
+            sublayers=_llama_sublayers(attn_norms=("input_layernorm", "post_attention_layernorm"),
+                                       mlp_norms=("pre_feedforward_layernorm", "post_feedforward_layernorm"))),
     "gemma2",
     "gemma3_text",
 )
-register_family(FamilySpec("gpt2", blocks="transformer.h", final=("transformer.ln_f",), head="lm_head"), "gpt2")
+register_family(
+    FamilySpec("gpt2", blocks="transformer.h", final=("transformer.ln_f",), head="lm_head",
+               sublayers={"attn": SubLayer(("attn",), ("attn.c_proj",), ("ln_1", "attn"), arity=2),
+                          "mlp": SubLayer(("mlp",), ("mlp.c_proj",), ("ln_2", "mlp"))}),
+    "gpt2",
+)
+# OPT's MLP is inline in the block (fc1 -> activation -> fc2), so both linears are silenced;
+# with ``do_layer_norm_before=False`` (opt-350m) the norms act after the residual add and stay
 register_family(
     FamilySpec(
         "opt",
         blocks="model.decoder.layers",
         final=("model.decoder.final_layer_norm", "model.decoder.project_out"),
         head="lm_head",
+        sublayers={"attn": SubLayer(("self_attn",), ("self_attn.out_proj",), ("self_attn_layer_norm", "self_attn"),
+                                    arity=2),
+                   "mlp": SubLayer(("fc1", "fc2"), ("fc2",), ("final_layer_norm", "fc1", "fc2"))},
+        empty_block_is_identity=lambda c: bool(getattr(c, "do_layer_norm_before", True)),
     ),
     "opt",
 )
+# GPT-NeoX with ``use_parallel_residual`` computes h + attn(ln1(h)) + mlp(ln2(h)): removing a
+# branch drops its term and leaves the other's input unchanged; sequential NeoX is like Llama
 register_family(
-    FamilySpec("gpt_neox", blocks="gpt_neox.layers", final=("gpt_neox.final_layer_norm",), head="lm_head"),
+    FamilySpec("gpt_neox", blocks="gpt_neox.layers", final=("gpt_neox.final_layer_norm",), head="lm_head",
+               sublayers={"attn": SubLayer(("attention",), ("attention.dense",), ("input_layernorm", "attention"),
+                                           arity=2),
+                          "mlp": SubLayer(("mlp",), ("mlp.dense_4h_to_h",), ("post_attention_layernorm", "mlp"))}),
     "gpt_neox",
 )
 

@@ -6,18 +6,25 @@ mask for that block's attention type, rotary embeddings, position ids, ...). Aft
 any block can be called on any hidden state with its recorded arguments, so a masked
 forward is ``head(block_k(...block_j(h0)))`` over the kept blocks — for every family the
 same code, with the family only naming where blocks, final norm and head live.
+
+Sub-layer units reuse the same call: while block ``i`` runs with its attention (or MLP)
+skipped, that module's forward is swapped for one that returns zeros of its output shape,
+so the branch adds exactly 0 to the residual stream and costs nothing. Every stacked row of
+the call skips the same sub-layers.
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import AbstractSet, Any, Iterable, Iterator
 
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..genome import LayerMask
-from .families import FamilySpec, family_of, set_path
+from .families import FamilySpec, SubLayer, family_of, get_path, set_path
+from .units import plan_units
 
 
 class _StopForward(Exception):
@@ -72,6 +79,27 @@ def per_layer_config_keys(config, n_blocks: int) -> list[str]:
         if isinstance(value, (list, tuple)) and len(value) == n_blocks and not key.startswith("_"):
             keys.append(key)
     return sorted(keys)
+
+
+_NO_FORWARD = object()
+
+
+def _zero_forward(module: nn.Module, sub: SubLayer):
+    """A forward for ``module`` that returns zeros shaped like its real output, computing nothing.
+
+    The output keeps the input's leading dims; its last dim is the module's ``out_features``
+    (a linear such as OPT's fc1) or else the input's (attention and MLP map d -> d).
+    """
+    out_dim = getattr(module, "out_features", None)
+
+    def forward(*args, **kwargs):
+        x = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if x is None:
+            x = kwargs["hidden_states"]
+        zeros = x.new_zeros(*x.shape[:-1], out_dim or x.shape[-1])
+        return zeros if sub.arity == 1 else (zeros, *([None] * (sub.arity - 1)))
+
+    return forward
 
 
 def _first_tensor(out: Any) -> torch.Tensor:
@@ -174,18 +202,28 @@ class MaskedModel:
         err = (ours.float() - ref.float()).abs().max().item()
         scale = max(ref.float().abs().max().item(), 1.0)
         if not err <= tol * scale:
-            from ..errors import UserError
-
             raise UserError(f"{type(self.model).__name__}: masked execution does not reproduce the model's logits "
                             f"(max diff {err:.3g}); its family {self.family.name!r} needs a dedicated entry")
 
     # --- execution ----------------------------------------------------------------------
     @torch.no_grad()
-    def run_block(self, block: int, hidden: torch.Tensor, prepared: Prepared) -> torch.Tensor:
-        """Apply block ``block`` to ``hidden``, which may stack several copies of the batch."""
+    def run_block(self, block: int, hidden: torch.Tensor, prepared: Prepared,
+                  skip: AbstractSet[str] = frozenset()) -> torch.Tensor:
+        """Apply block ``block`` to ``hidden``, which may stack several copies of the batch.
+
+        ``skip`` names sub-layers (``"attn"``, ``"mlp"``) whose contribution is dropped for
+        this call; with all of them skipped in a pre-norm block the block is not run at all.
+        """
+        if skip:
+            kinds = self.sublayer_names()
+            if not set(skip) <= set(kinds):
+                raise ValueError(f"unknown sub-layers {sorted(set(skip) - set(kinds))}; {self.family.name} has {kinds}")
+            if set(skip) >= set(kinds) and self.family.empty_block_is_identity(self.model.config):
+                return hidden
         repeat = hidden.shape[0] // prepared.batch_size
         args, kwargs = prepared.args_for(block, repeat)
-        out = self.blocks[block](hidden, *args, **kwargs)
+        with self.silenced(block, skip):
+            out = self.blocks[block](hidden, *args, **kwargs)
         if self._output_is_tuple is None:
             self._output_is_tuple = not isinstance(out, torch.Tensor)
         return _first_tensor(out)
@@ -202,6 +240,65 @@ class MaskedModel:
         for i in mask.kept():
             h = self.run_block(i, h, prepared)
         return self.head(h)
+
+    @torch.no_grad()
+    def forward_units(self, removed: Iterable[str], prepared: Prepared) -> torch.Tensor:
+        """Logits with the named units removed (``block.I``, ``attn.I``, ``mlp.I``; see :mod:`.units`)."""
+        plan = plan_units(self, removed)
+        h = prepared.h0
+        for i in plan.kept():
+            h = self.run_block(i, h, prepared, skip=plan.skip(i))
+        return self.head(h)
+
+    # --- sub-layers ---------------------------------------------------------------------
+    @property
+    def supports_sublayers(self) -> bool:
+        return bool(self.family.sublayers)
+
+    def require_sublayers(self) -> None:
+        if not self.supports_sublayers:
+            raise UserError(f"--units sublayer: {self.family.name} blocks cannot be split into attention and MLP "
+                            f"sub-layers; use --units block")
+
+    def sublayer_names(self) -> tuple[str, ...]:
+        """The sub-layer kinds of every block, in execution order (``("attn", "mlp")``)."""
+        self.require_sublayers()
+        return tuple(self.family.sublayers)
+
+    @contextlib.contextmanager
+    def silenced(self, block: int, skip: AbstractSet[str]) -> Iterator[None]:
+        """While inside, the named sub-layers of block ``block`` output zeros without computing."""
+        stubbed: list[tuple[nn.Module, Any]] = []
+        try:
+            for kind in sorted(skip):
+                sub = self.family.sublayers[kind]
+                for path in sub.silence:
+                    module = get_path(self.blocks[block], path)
+                    # an instance-level forward (accelerate's offload hook) is put back, not deleted
+                    stubbed.append((module, module.__dict__.get("forward", _NO_FORWARD)))
+                    module.forward = _zero_forward(module, sub)
+            yield
+        finally:
+            for module, previous in reversed(stubbed):
+                if previous is _NO_FORWARD:
+                    del module.forward
+                else:
+                    module.forward = previous
+
+    @contextlib.contextmanager
+    def applied_units(self, removed: Iterable[str]) -> Iterator[nn.Module]:
+        """Like :meth:`applied`, for unit names: the model as its export will be.
+
+        Dropped blocks leave the block list; a removed sub-layer of a kept block has its
+        output projection's weight and bias replaced by zeros (the live parameters are put
+        back on exit, never written to), so ``generate`` with the KV cache behaves as the
+        reloaded checkpoint does.
+        """
+        from .export import zeroed_sublayers
+
+        plan = plan_units(self, removed)
+        with zeroed_sublayers(self, plan), self.applied(LayerMask.from_removed(self.n_blocks, plan.dropped)) as model:
+            yield model
 
     def _check(self, mask: LayerMask) -> None:
         if mask.n_units != self.n_blocks:
