@@ -87,7 +87,8 @@ def open_record(lm: LoadedModel, evaluator: Evaluator, algo: str, k: int, seed: 
     return StudyRecord(storage or DEFAULT_STORAGE, study or default_study_name(lm, evaluator, algo, k, seed),
                        evaluator.fingerprint, evaluator.objective.name, evaluator.direction,
                        [f"{i:02d}" for i in range(lm.n_blocks)],
-                       RunInfo(algo=algo, seed=seed, extra=dict(k=k, model=lm.source, **(extra or {}))))
+                       RunInfo(algo=algo, seed=seed, extra=dict(k=k, model=lm.source, **(extra or {}))),
+                       candidate_size=k)
 
 
 def make_searcher(algo: str, constraint, evaluator: Evaluator, seed: int, options: dict | None = None):
@@ -154,6 +155,11 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
         kl_topk=settings["options"].get("kl_topk") if isinstance(settings["options"], dict) else None,
         study=record.study_name if record else None, storage=(storage or DEFAULT_STORAGE) if record else None,
         run=record.run.run if record else None, interrupted=bool(res.extra.get("interrupted")))
+    if record is not None and not result.interrupted:
+        from .artifacts import upload_best_so_far
+
+        upload_best_so_far(result.storage, record.study, result.history, objective_name,
+                           f"{algo}, seed {seed}, K={constraint.k}: best {objective_name} so far")
     if output:
         result.write_json(output)
     return result

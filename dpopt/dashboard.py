@@ -67,7 +67,9 @@ def serve_dashboard(storage_url: str, host: str = "127.0.0.1", port: int = 8080)
         from optuna_dashboard import wsgi
     except ImportError:
         raise UserError(f"optuna-dashboard is not installed in {sys.executable}: pip install optuna-dashboard") from None
-    app = wsgi(open_existing_storage(storage_url))
+    from .artifacts import artifact_store
+
+    app = wsgi(open_existing_storage(storage_url), artifact_store=artifact_store(storage_url))
     try:
         httpd = make_server(host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
     except OSError as exc:

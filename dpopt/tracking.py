@@ -1,6 +1,8 @@
 """The Optuna study is the record of a search: complete, fingerprinted, resumable, shared.
 
-* **One trial per (mask, fidelity)** evaluated in the study, raced or not: the raw value as
+* **One trial per (mask, fidelity)** evaluated in the study, raced or not (COMPLETE for a
+  candidate answer, PRUNED with its value for the dense reference and greedy's
+  intermediate steps, so the study's best trial is always an answer): the raw value as
   the objective reports it (the study's direction is the objective's), the fidelity in
   tokens or questions, real start and end times, the failure reason, and who asked for it
   (run id, searcher, seed, batch number). A mask another run of the same grid already
@@ -257,7 +259,8 @@ class StudyRecord:
     """One study as the shared, resumable record of every evaluation (see the module docstring)."""
 
     def __init__(self, storage: str, study_name: str, fingerprint: Fingerprint, metric: str, direction: str,
-                 unit_names: Sequence[str], run: RunInfo | None = None, create: bool = True):
+                 unit_names: Sequence[str], run: RunInfo | None = None, create: bool = True,
+                 candidate_size: int | None = None):
         import optuna
         from optuna.distributions import IntDistribution
 
@@ -268,6 +271,7 @@ class StudyRecord:
         self.params = [param_name(u) for u in self.unit_names]
         self.distributions = {p: IntDistribution(0, 1) for p in self.params}
         self.run = run or RunInfo()
+        self.candidate_size = candidate_size
         self.batch: int | None = None
         self.owner = new_owner()
         self.storage = open_storage(storage)
@@ -324,7 +328,7 @@ class StudyRecord:
         """Re-read the study's trials; per (mask, fidelity) keep the most final one."""
         import optuna
 
-        rank = {optuna.trial.TrialState.COMPLETE: 3, optuna.trial.TrialState.FAIL: 2,
+        rank = {optuna.trial.TrialState.COMPLETE: 3, optuna.trial.TrialState.PRUNED: 3, optuna.trial.TrialState.FAIL: 2,
                 optuna.trial.TrialState.RUNNING: 1, optuna.trial.TrialState.WAITING: 0}
         by_key: dict[tuple[bytes, Any], Any] = {}
         for t in self.storage.get_all_trials(self.study_id, deepcopy=False):
@@ -344,7 +348,7 @@ class StudyRecord:
         self._sync()
         values, failures = {}, {}
         for k, t in self._by_key.items():
-            if t.state == optuna.trial.TrialState.COMPLETE:
+            if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
                 values[k] = float(t.values[0])
             elif t.state == optuna.trial.TrialState.FAIL:
                 values[k] = float("nan")
@@ -363,6 +367,15 @@ class StudyRecord:
         return dict(removed=removed, n_removed=len(removed), fidelity=fidelity, computed=computed,
                     run=self.run.run, algo=self.run.algo, seed=self.run.seed, batch=self.batch)
 
+    def _done_state(self, mask: LayerMask):
+        """COMPLETE for a candidate answer; PRUNED (value kept) for the dense reference and for
+        greedy's steps with fewer units removed, so the study's best trial is a real answer."""
+        from optuna.trial import TrialState
+
+        if self.candidate_size is None or len(mask.removed()) == self.candidate_size:
+            return TrialState.COMPLETE
+        return TrialState.PRUNED
+
     def _params(self, mask: LayerMask) -> dict[str, int]:
         return {p: int(b) for p, b in zip(self.params, mask.bits)}
 
@@ -374,8 +387,8 @@ class StudyRecord:
         attrs = self._attrs(mask, fidelity, computed)
         if reason:
             attrs["failure"] = reason
-        finished = state in (TrialState.COMPLETE, TrialState.FAIL)
-        template = FrozenTrial(number=-1, state=state, value=None, values=[value] if state == TrialState.COMPLETE else None,
+        finished = state.is_finished()
+        template = FrozenTrial(number=-1, state=state, value=None, values=[value] if value is not None else None,
                                datetime_start=now, datetime_complete=now if finished else None,
                                params=self._params(mask), distributions=self.distributions, user_attrs=attrs,
                                system_attrs={"dpopt:owner": self.owner} if not finished else {},
@@ -412,14 +425,14 @@ class StudyRecord:
                     if k in memo:
                         raw = memo[k]
                         if math.isfinite(raw):
-                            self._new_trial(m, fidelity, TrialState.COMPLETE, raw, computed=False)
+                            self._new_trial(m, fidelity, self._done_state(m), raw, computed=False)
                         else:
                             self._new_trial(m, fidelity, TrialState.FAIL, reason=failures.get(m.key(), "non-finite value"),
                                             computed=False)
                         continue
                     self._mine[k] = self._new_trial(m, fidelity, TrialState.RUNNING)
                     todo.append(m)
-                elif t.state == TrialState.COMPLETE:
+                elif t.state in (TrialState.COMPLETE, TrialState.PRUNED):
                     memo[k] = float(t.values[0])
                 elif t.state == TrialState.FAIL:
                     memo[k] = float("nan")
@@ -460,7 +473,7 @@ class StudyRecord:
                     continue  # adopted by another process that took us for dead: its value stands
                 self.storage.set_trial_user_attr(tid, "seconds", round(share, 6))
                 if math.isfinite(raw):
-                    self.storage.set_trial_state_values(tid, TrialState.COMPLETE, [float(raw)])
+                    self.storage.set_trial_state_values(tid, self._done_state(m), [float(raw)])
                 else:
                     self.storage.set_trial_user_attr(tid, "failure", failures.get(m.key(), f"non-finite value ({raw})"))
                     self.storage.set_trial_state_values(tid, TrialState.FAIL)

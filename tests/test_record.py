@@ -125,7 +125,10 @@ def test_every_raced_evaluation_is_a_trial_with_its_fidelity(ck, text_file, tmp_
     by_fid = {}
     for t in ts:
         by_fid.setdefault(t.user_attrs["fidelity"], []).append(t)
-        assert t.user_attrs["computed"] and t.state == optuna.trial.TrialState.COMPLETE
+        assert t.user_attrs["computed"]
+        # candidates are COMPLETE; the dense reference is PRUNED with its value, never the best trial
+        assert t.state == (optuna.trial.TrialState.COMPLETE if t.user_attrs["n_removed"] == 3
+                           else optuna.trial.TrialState.PRUNED) and t.values is not None
         assert t.datetime_complete >= t.datetime_start
     assert set(by_fid) == {64, 256}  # the cheap stage and the full set, named by tokens scored
     assert len(by_fid[64]) > len(by_fid[256]) - 1  # every mask raced at 64 tokens; survivors (and dense) at 256
@@ -165,7 +168,7 @@ def test_sigkilled_raced_search_resumes_without_recomputing(ck, text_file, tmp_p
 
     def completed():
         try:
-            return sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials(db, "raced"))
+            return sum(t.state.is_finished() for t in trials(db, "raced"))
         except Exception:
             return 0
 
@@ -178,7 +181,7 @@ def test_sigkilled_raced_search_resumes_without_recomputing(ck, text_file, tmp_p
         if proc.poll() is None:
             proc.kill()
     before = trials(db, "raced")
-    done_before = {e for e, t in zip(evaluations(before), before) if t.state == optuna.trial.TrialState.COMPLETE}
+    done_before = {e for e, t in zip(evaluations(before), before) if t.state.is_finished()}
     assert 12 <= len(done_before) and len(before) > 12
     resumed, ev = _search(ck, text_file, db)
     straight, ev_straight = _search(ck, text_file, f"sqlite:///{tmp_path}/straight.db")
@@ -186,7 +189,7 @@ def test_sigkilled_raced_search_resumes_without_recomputing(ck, text_file, tmp_p
     assert sorted(evaluations(after)) == sorted(evaluations(trials(f"sqlite:///{tmp_path}/straight.db", "raced")))
     assert ev.n_scored == ev_straight.n_scored - len(done_before)  # zero recomputation of what was scored
     assert resumed.removed_layers == straight.removed_layers and resumed.fitness == straight.fitness
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in after)  # the killed claims were adopted
+    assert all(t.state.is_finished() for t in after)  # the killed claims were adopted
 
 
 # --- two processes, one study ----------------------------------------------------------------------
@@ -325,3 +328,20 @@ def test_claims_are_exclusive_and_dead_owners_are_adopted(kind, tmp_path, monkey
     b.complete([dead, far], 64, [3.0, 4.0], {}, 0.1)
     evals = evaluations(trials(storage, "claims"))
     assert len(evals) == len(set(evals)) == 7
+
+
+def test_search_attaches_its_best_so_far_plot_and_names_the_metric(ck, text_file, tmp_path, capsys):
+    from optuna.artifacts import get_all_artifact_meta
+
+    db = f"sqlite:///{tmp_path}/a.db"
+    rc, _, err = cli(["search", "--model", ck, "--algo", "random", "--objective", "kl", "--data", text_file,
+                      "--remove", 2, "--budget", 4, "--tokens", 64, "--seq-len", 32, "--storage", db, "--no-progress",
+                      "--output", tmp_path / "r.json"], capsys)
+    assert rc == 0, err
+    study = optuna.load_study(study_name=json.loads((tmp_path / "r.json").read_text())["study"], storage=db)
+    assert study.metric_names == ["kl"]
+    assert study.best_trial.user_attrs["n_removed"] == 2  # the dense model (KL 0) is no answer
+    (meta,) = get_all_artifact_meta(study)
+    assert meta.mimetype == "image/png"
+    png = tmp_path / "a.db.artifacts" / meta.artifact_id
+    assert png.read_bytes()[:4] == b"\x89PNG"
