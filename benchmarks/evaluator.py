@@ -268,7 +268,7 @@ def main(argv=None) -> None:
         calls0 = ev.block_calls
         t_dpopt, fit = timed(lambda: ev.evaluate(masks), device)
         dpopt_calls = ev.block_calls - calls0
-        raw = {m: ev.memo[(m.key(), None)] for m in distinct}
+        raw = {m: ev.raw(m) for m in distinct}  # memo hits: no model work
         if name == "ga warm":  # same masks as "ga": naive and floor are not rerun
             prev = rows[1]
             t_naive, naive_calls, sampled, rel = prev["naive"], prev["naive_calls"], prev["sampled"], prev["rel"]

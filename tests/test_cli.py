@@ -60,24 +60,6 @@ def test_search_finds_identity_blocks(algo, tiny_ck, text_file, tmp_path, capsys
     assert "best mask" in stdout
 
 
-def test_search_resumes_from_study(tiny_ck, text_file, tmp_path, capsys):
-    """A rerun with the same study replays recorded evaluations from the memo: same answer, no new trials."""
-    import optuna
-
-    db = f"sqlite:///{tmp_path}/resume.db"
-    args = ["search", "--model", tiny_ck, "--algo", "random", "--objective", "ppl", "--data", text_file, "--remove", 2,
-            "--budget", 12, "--tokens", 128, "--seq-len", 64, "--storage", db, "--study", "s1", "--no-progress"]
-    rc, _, err = run_cli(args + ["--output", tmp_path / "a.json"], capsys)
-    assert rc == 0, err
-    n_trials = len(optuna.load_study(study_name="s1", storage=db).trials)
-    assert n_trials == 12 or n_trials == 13  # the dense mask is recorded too when it is scored
-    rc, _, err = run_cli(args + ["--output", tmp_path / "b.json"], capsys)
-    assert rc == 0, err
-    a, b = json.loads((tmp_path / "a.json").read_text()), json.loads((tmp_path / "b.json").read_text())
-    assert a["removed_layers"] == b["removed_layers"] and a["fitness"] == pytest.approx(b["fitness"])
-    assert len(optuna.load_study(study_name="s1", storage=db).trials) == n_trials
-
-
 def test_eval_and_export_tiny(tiny_ck, text_file, tmp_path, capsys):
     rc, out, err = run_cli(["eval", "--model", tiny_ck, "--remove", "2,5", "--data", text_file, "--tokens", 128,
                             "--seq-len", 64, "--json"], capsys)
