@@ -68,16 +68,23 @@ class FunctionEvaluator(MemoEvaluator):
 
 
 def race(evaluator: MemoEvaluator, masks: Sequence[LayerMask],
-         schedule: Sequence[tuple[int | None, int]]) -> tuple[list[LayerMask], np.ndarray]:
+         schedule: Sequence[tuple[int | None, int]],
+         incumbents: Sequence[LayerMask] = ()) -> tuple[list[LayerMask], np.ndarray]:
     """EvoPress's multi-step selection: score all on few tokens, only the best on more.
 
     ``schedule`` is ``[(fidelity, survivors), ...]`` from cheapest to richest, e.g.
     ``[(2048, 8), (32768, 2)]``: all masks are scored at fidelity 2048, the best 8 go on to
     32768 and the best 2 of those are returned with their fitness at the last fidelity.
+    ``incumbents`` (a GA's parents) join the pool only in the last stage, so they are
+    compared with the survivors at the same fidelity and a raced generation cannot lose
+    its best mask to a lucky cheap score; they count among the last stage's survivors.
     """
     pool = list(dict.fromkeys(masks))  # dedupe, keep order
+    extra = [m for m in dict.fromkeys(incumbents) if m not in set(pool)]
     fit = np.zeros(0)
-    for fidelity, survivors in schedule:
+    for stage, (fidelity, survivors) in enumerate(schedule):
+        if stage == len(schedule) - 1:
+            pool = pool + [m for m in extra if m not in set(pool)]
         fit = evaluator.evaluate(pool, fidelity)
         order = np.argsort(fit, kind="stable")[: max(1, survivors)]
         pool = [pool[i] for i in order]

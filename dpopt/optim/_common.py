@@ -24,6 +24,9 @@ class SearcherBase:
     """
 
     name = "base"
+    # multi-fidelity racing of each batch: ``[(fidelity, survivors), ...]`` cheapest first;
+    # ``run_search`` reads it after every ask, so a searcher may change it between batches
+    race_schedule: list[tuple[int | None, int]] | None = None
 
     def __init__(self, constraint: Constraint, seed: int = 0):
         if not isinstance(constraint, Constraint):
@@ -38,6 +41,16 @@ class SearcherBase:
     @property
     def done(self) -> bool:
         return self._done
+
+    def bind(self, fidelities: list[int]) -> None:
+        """Told once, before the first ask, the objective's cumulative batch sizes ([] if unknown).
+
+        A searcher that races derives its default schedule from them; others ignore them.
+        """
+
+    def incumbents(self) -> list[LayerMask]:
+        """Masks re-scored beside the survivors in a race's last stage (a GA's parents)."""
+        return []
 
     @property
     def best(self) -> tuple[LayerMask | None, float]:

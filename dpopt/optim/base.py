@@ -80,6 +80,10 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, tracker: Tracker |
     # greedy/beam pass through masks with fewer than k removed: only valid masks can be the answer
     constraint = getattr(searcher, "constraint", None)
     interrupted = False
+    bind = getattr(searcher, "bind", None)
+    if callable(bind):
+        fidelities = getattr(evaluator, "fidelities", None)
+        bind(list(fidelities()) if callable(fidelities) else [])
     try:
         while not searcher.done:
             if budget.seconds is not None and time.perf_counter() - start >= budget.seconds:
@@ -103,10 +107,12 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, tracker: Tracker |
             n_before = len(seen)
             seen.update(m.key() for m in masks)
             n_new = len(seen) - n_before
-            schedule = getattr(searcher, "race_schedule", None)
+            schedule = getattr(searcher, "race_schedule", None)  # a user's searcher may lack SearcherBase
             if schedule:
-                # multi-fidelity selection: only the survivors are told, at the richest fidelity
-                masks, fitness = race(evaluator, masks, schedule)
+                # multi-fidelity selection: only the survivors are told, at the last stage's
+                # fidelity, where the incumbents (a GA's parents) are re-scored beside them
+                incumbents = searcher.incumbents() if callable(getattr(searcher, "incumbents", None)) else []
+                masks, fitness = race(evaluator, masks, schedule, incumbents=incumbents)
             else:
                 fitness = np.asarray(evaluator.evaluate(masks), dtype=float)
             for m, f in zip(masks, fitness):
