@@ -28,15 +28,16 @@ def additive(n: int, seed: int = 1, interaction: float = 0.3):
 def trap(n: int, k: int, seed: int = 0, group: int = 3):
     """Greedy's trap: ``group`` blocks each costly alone but nearly free together.
 
-    Like two halves of a circuit that cancel out: removing one block of the group hurts
-    more than any other single removal, so greedy never takes one, while the optimum
-    removes the whole group. Returns ``(fn, group_blocks)``.
+    Like parts of a circuit that cancel out: removing one block of the group hurts more
+    than any other single removal, so greedy never takes one, while the optimum removes
+    the whole group (each pair inside it about breaks even with two ordinary blocks).
+    Returns ``(fn, group_blocks)``.
     """
     rng = np.random.default_rng(seed)
     cost = rng.uniform(1.0, 3.0, n)
     members = np.sort(rng.choice(n, size=group, replace=False))
     cost[members] = 4.0
-    bonus = 2 * 4.0 * (group - 0.2) / (group * (group - 1))  # pairs inside the group cancel most of it
+    bonus = 5.0 * group / (group * (group - 1) / 2)  # the whole group scores -1 per block removed
     pair = np.zeros((n, n))
     for i, j in itertools.combinations(members, 2):
         pair[i, j] = -bonus

@@ -75,6 +75,11 @@ def random_unseen(constraint: Constraint, rng: np.random.Generator, *seen: set[b
     return None
 
 
+def level_switch_swaps(rng: np.random.Generator, max_swaps: int = 3) -> int:
+    """EvoPress's mutation size: the smaller of two uniform draws from 1..max_swaps."""
+    return int(min(rng.integers(1, max_swaps + 1), rng.integers(1, max_swaps + 1)))
+
+
 def space_size(constraint: Constraint) -> int:
     """How many distinct masks the constraint allows: C(removable, k)."""
     return math.comb(len(constraint.removable), constraint.k)

@@ -21,9 +21,8 @@ from typing import Sequence
 import numpy as np
 
 from ..genome import Constraint, LayerMask
-from ._common import SearcherBase, check_float, check_int, random_unseen, space_size
+from ._common import SearcherBase, check_float, check_int, level_switch_swaps, random_unseen, space_size
 from .base import register_searcher
-from .genetic import level_switch_swaps
 
 
 @register_searcher("anneal")

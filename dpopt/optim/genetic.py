@@ -27,7 +27,8 @@ from deap import base, tools
 
 from ..errors import UserError
 from ..genome import Constraint, LayerMask
-from ._common import SearcherBase, check_float, check_int, private_global_random, random_unseen, space_size
+from ._common import (SearcherBase, check_float, check_int, level_switch_swaps, private_global_random, random_unseen,
+                      space_size)
 from .base import register_searcher
 
 
@@ -73,24 +74,23 @@ def parse_race(race) -> list[tuple[int | None, int]] | None:
 def auto_race(fidelities: Sequence[int], offspring: int, population: int) -> list[tuple[int | None, int]] | None:
     """The default race, from the objective's cumulative batch sizes (None: a single batch, no race).
 
-    EvoPress scores offspring on about an eighth of its data and only a few survivors on
-    more. Here: every child on the smallest fidelity of at least 1/8 of the data, the best
-    quarter of them (at least ``population + 1``) on all of it, where the parents join them.
+    EvoPress scores its 16 offspring on 1/8 of the data and the 2 best on 1/2 of it. Here
+    every child is scored on the first batch or 1/16 of the data, whichever is more, and
+    the best ``max(2, population)`` on half of it, where the parents are re-scored beside
+    them: a generation then costs about 1.9 full-data evaluations instead of EvoPress's 2.75.
+    ``offspring`` is accepted so a future rule may scale with it.
     """
     fids = [int(f) for f in fidelities]
     if len(fids) < 2:
         return None
     total = fids[-1]
-    first = next(f for f in fids if f >= total / 8)
+    first = next(f for f in fids if f >= total / 16)
     if first >= total:
         return None
-    keep = max(population + 1, -(-offspring // 4))
-    return [(first, keep), (None, population)]
-
-
-def level_switch_swaps(rng: np.random.Generator, max_swaps: int = 3) -> int:
-    """EvoPress's mutation size: the smaller of two uniform draws from 1..max_swaps."""
-    return int(min(rng.integers(1, max_swaps + 1), rng.integers(1, max_swaps + 1)))
+    last = next(f for f in fids if f >= total / 2)
+    if last <= first:
+        last = next(f for f in fids if f > first)
+    return [(first, max(2, population)), (None if last >= total else last, population)]
 
 
 INITS = ("random", "single")
