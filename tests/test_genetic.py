@@ -202,3 +202,21 @@ def test_no_searcher_is_worse_than_random_search(name):
         rand.append(fn(run("random", seed, res.evaluations).best))
     assert statistics.median(mine) <= statistics.median(rand), \
         f"{name}: median {statistics.median(mine):.4f} worse than random's {statistics.median(rand):.4f}"
+
+
+class BiasedEvaluator(FidelityEvaluator):
+    """The cheap fidelity reads far lower than the full one, as a different sample of tokens may."""
+
+    def _score(self, masks, fidelity):
+        return [v - (100.0 if fidelity is not None else 0.0) for v in super()._score(masks, fidelity)]
+
+
+def test_result_compares_values_at_one_fidelity():
+    """The initial masks are ranked on the cheap stage; their values must not beat later full-data ones."""
+    c = Constraint.build(18, remove=5)
+    fn = rugged(18, seed=8)
+    s = GeneticSearch(c, seed=0, race=[(1, 4), (None, 2)])
+    result = run_search(s, BiasedEvaluator(fn, noise=0.0), Budget(evaluations=150))
+    assert result.fitness == pytest.approx(fn(result.best))
+    assert result.best == min((ind.mask() for ind in s.population), key=fn)
+    assert s.generation > 3

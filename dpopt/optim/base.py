@@ -75,6 +75,7 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, tracker: Tracker |
     seen: set[bytes] = set()  # every mask asked so far: what the budget counts
     best_mask: LayerMask | None = None
     best_fit = float("inf")
+    best_fidelity: int | None = None  # the fidelity best_fit was scored at (a race's last stage)
     history: list[tuple[int, float]] = []
     stale_batches = 0
     # greedy/beam pass through masks with fewer than k removed: only valid masks can be the answer
@@ -113,8 +114,15 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, tracker: Tracker |
                 # fidelity, where the incumbents (a GA's parents) are re-scored beside them
                 incumbents = searcher.incumbents() if callable(getattr(searcher, "incumbents", None)) else []
                 masks, fitness = race(evaluator, masks, schedule, incumbents=incumbents)
+                fidelity = schedule[-1][0]
             else:
+                fidelity = None
                 fitness = np.asarray(evaluator.evaluate(masks), dtype=float)
+            if best_mask is not None and fidelity != best_fidelity:
+                # values at different fidelities do not compare: re-score the best where the
+                # new ones were scored (a memo hit when it was raced as an incumbent)
+                best_fit = float(np.asarray(evaluator.evaluate([best_mask], fidelity), dtype=float)[0])
+            best_fidelity = fidelity
             for m, f in zip(masks, fitness):
                 if f < best_fit and (constraint is None or constraint.is_valid(m)):
                     best_fit, best_mask = float(f), m
