@@ -89,11 +89,11 @@ class FidelityEvaluator(FunctionEvaluator):
         super().__init__(fn)
         self.noise, self.n_batches, self.asked = noise, n_batches, []
 
-    def fidelities(self):
-        return list(range(1, self.n_batches + 1))
+    def fidelities(self):  # in units of 512, so that racing is on by default
+        return [512 * i for i in range(1, self.n_batches + 1)]
 
     def _score(self, masks, fidelity):
-        f = self.n_batches if fidelity is None else fidelity
+        f = self.n_batches if fidelity is None else fidelity // 512 if fidelity >= 512 else fidelity
         self.asked += [(m, fidelity) for m in masks]
         out = []
         for m in masks:
@@ -106,7 +106,8 @@ def test_auto_race_is_on_with_several_batches_and_off_with_one():
     assert auto_race([1024], 16, 2) is None
     assert auto_race([1024 * i for i in range(1, 17)], 16, 2) == [(1024, 2), (8192, 2)]
     assert auto_race([1024, 2048, 3072, 4096], 16, 2) == [(1024, 2), (2048, 2)]
-    assert auto_race([32, 64], 16, 4) == [(32, 4), (None, 4)]
+    assert auto_race([32, 64], 16, 4) is None  # a 32-token score is noise
+    assert auto_race([512, 1024], 16, 4) == [(512, 4), (None, 4)]
 
 
 def test_race_rescores_incumbents_in_the_last_stage_only():
@@ -140,10 +141,10 @@ def test_run_search_binds_fidelities_and_parents_are_never_lost():
 
     s.tell = spy
     result = run_search(s, ev, Budget(evaluations=200))
-    assert s.race_schedule == [(1, 2), (4, 2)]  # bound from ev.fidelities()
-    assert {f for _, f in ev.asked} == {1, 4}
+    assert s.race_schedule == [(512, 2), (2048, 2)]  # bound from ev.fidelities()
+    assert {f for _, f in ev.asked} == {512, 2048}
     assert len(history) > 5 and all(b <= a + 1e-12 for a, b in zip(history, history[1:]))
-    n_rich = sum(f == 4 for _, f in ev.asked)
+    n_rich = sum(f == 2048 for _, f in ev.asked)
     assert n_rich < 0.5 * result.evaluations  # most children never paid for more than the first batch
 
 

@@ -71,20 +71,25 @@ def parse_race(race) -> list[tuple[int | None, int]] | None:
     return schedule
 
 
+MIN_RACE_FIDELITY = 512  # tokens (or questions) below which a first-stage score is too noisy to rank by
+
+
 def auto_race(fidelities: Sequence[int], offspring: int, population: int) -> list[tuple[int | None, int]] | None:
     """The default race, from the objective's cumulative batch sizes (None: a single batch, no race).
 
     EvoPress scores its 16 offspring on 1/8 of the data and the 2 best on 1/2 of it. Here
-    every child is scored on the first batch or 1/16 of the data, whichever is more, and
-    the best ``max(2, population)`` on half of it, where the parents are re-scored beside
-    them: a generation then costs about 1.9 full-data evaluations instead of EvoPress's 2.75.
+    every child is scored on 1/16 of the data (at least ``MIN_RACE_FIDELITY`` tokens or
+    questions, at least one batch), and the best ``max(2, population)`` on half of it, where
+    the parents are re-scored beside them: a generation then costs about 1.9 full-data
+    evaluations instead of EvoPress's 2.75. Below the floor a cheap score is mostly noise
+    (on SmolLM2, 32-token scores cost the search more than they saved), so no race.
     ``offspring`` is accepted so a future rule may scale with it.
     """
     fids = [int(f) for f in fidelities]
     if len(fids) < 2:
         return None
     total = fids[-1]
-    first = next(f for f in fids if f >= total / 16)
+    first = next((f for f in fids if f >= max(total / 16, MIN_RACE_FIDELITY)), total)
     if first >= total:
         return None
     last = next(f for f in fids if f >= total / 2)
