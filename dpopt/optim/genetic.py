@@ -115,7 +115,8 @@ class GeneticSearch(SearcherBase):
       ``tournsize`` (1): tournament size for choosing a parent (1: uniform, as EvoPress).
       ``max_swaps`` (3): mutation swaps are ``min(U{1,max}, U{1,max})``.
       ``race`` ("auto"): ``[(fidelity, survivors), ...]``, "none", or "auto": on whenever the
-      objective has more than one batch (see ``auto_race``). The last stage's survivors are
+      objective has more than one batch and its first stage can score at least 512 tokens
+      (or questions); see ``auto_race``. The last stage's survivors are
       the next parents: they are chosen among the surviving children AND the re-scored parents.
     A child identical to any mask asked before in this run is discarded and redrawn.
     """
