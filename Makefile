@@ -23,7 +23,7 @@ fetch: $(STAMP)
 
 demo: fetch
 	$(VENV)/bin/dpopt search --model smollm2-135m --algo genetic --objective ppl --data wikipedia \
-		--remove 6 --budget 96 --tokens 1024 --seed 0 --output result.json
+		--remove 6 --budget 200 --tokens 1024 --batch-size 1 --seed 0 --output result.json
 
 test: fetch
 	$(VENV)/bin/python -m pytest -q

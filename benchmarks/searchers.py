@@ -1,67 +1,109 @@
-"""Every searcher on SmolLM2 with the same objective, K and evaluation budget.
+"""Searchers on SmolLM2 over seeds, objectives and K, at the same evaluation budget.
 
-Prints, in one run: best fitness, evaluations needed to come within 1% of the best
-fitness found by any searcher, and wall time. One shared evaluator per objective would
-let later searchers reuse earlier ones' memo, so each searcher gets a fresh evaluator
-(the prepared calibration batches are shared, which costs nothing at search time).
+Prints one table per (objective, K): per searcher the median and range over seeds of the
+final calibration value, the median number of evaluations a run needed to come within 1%
+of the best value ANY run found (— when a run never did; the count of runs that did in
+brackets), and the median wall seconds. Each run gets a fresh evaluator (no memo shared
+between runs, so wall times are comparable); the prepared calibration batches are shared.
+Every finished run is appended to ``--jsonl`` as it ends, so a long grid can be cut short.
 
-    python benchmarks/searchers.py --remove 6 --budget 64 --tokens 512
+    python benchmarks/searchers.py --objectives ppl,kl --remove 4,8 --seeds 5 --budget 200 --tokens 256
+    python benchmarks/searchers.py --algos genetic,greedy,random,anneal --seeds 3 --tokens 128
 """
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import time
 
 import dpopt
 from dpopt.evaluator import Evaluator
 from dpopt.optim import SEARCHERS
 
-
 # a beam of 4 needs ~4x greedy's evaluations to reach K; 2 fits the default budget at K=4
 ALGO_OPTIONS = {"beam": {"width": 2}}
+DETERMINISTIC = {"greedy", "greedy-add", "beam", "single", "bi", "angular"}  # one run stands for every seed
+
+
+def run_one(lm, base, algo, k, budget, seed, options):
+    ev = Evaluator(lm, base.objective)
+    ev.memo[(dpopt.LayerMask.dense(lm.n_blocks).key(), None)] = base.dense_value()
+    t = time.perf_counter()
+    res = dpopt.search(lm, ev, algo, remove=k, budget=budget, seed=seed, storage="none", progress=False,
+                       algo_options=options)
+    return {"algo": algo, "k": k, "seed": seed, "fitness": res["fitness"], "removed": res["removed_layers"],
+            "evaluations": res["evaluations"], "history": res["history"], "wall": time.perf_counter() - t,
+            "n_scored": ev.n_scored}
+
+
+def table(runs: list[dict], sign: int, header: str) -> str:
+    best = min(sign * r["fitness"] for r in runs)
+    target = best + 0.01 * abs(best)
+    out = [header, "", f"best value any run found: {sign * best:.4f}", "",
+           "| algo | median | range | evals to within 1% of best (runs) | wall s (median) |", "|---|---|---|---|---|"]
+    for algo in dict.fromkeys(r["algo"] for r in runs):
+        rs = [r for r in runs if r["algo"] == algo]
+        vals = [r["fitness"] for r in rs]
+        hits = [next((n for n, b in r["history"] if sign * b <= target), None) for r in rs]
+        got = [h for h in hits if h is not None]
+        hit = f"{statistics.median(got):.0f} ({len(got)}/{len(rs)})" if got else f"— (0/{len(rs)})"
+        out.append(f"| {algo} | {statistics.median(vals):.4f} | {min(vals):.4f}–{max(vals):.4f} | {hit} | "
+                   f"{statistics.median(r['wall'] for r in rs):.1f} |")
+    return "\n".join(out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--objective", default="ppl")
-    ap.add_argument("--remove", type=int, default=6)
-    ap.add_argument("--budget", type=int, default=64)
+    ap.add_argument("--objectives", default="ppl", help="comma-separated, e.g. ppl,kl")
+    ap.add_argument("--remove", default="4", help="comma-separated K values, e.g. 4,8")
+    ap.add_argument("--budget", type=int, default=200)
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 for each stochastic searcher")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--algos", default=",".join(SEARCHERS.names()))
+    ap.add_argument("--algos", default=",".join(n for n in SEARCHERS.names()))
+    ap.add_argument("--option", action="append", default=[], metavar="ALGO:KEY=JSON",
+                    help="searcher option, e.g. genetic:population=1 (repeatable)")
+    ap.add_argument("--jsonl", default=None, help="append every finished run here")
     a = ap.parse_args()
 
+    options = {k: dict(v) for k, v in ALGO_OPTIONS.items()}
+    for text in a.option:
+        algo, _, kv = text.partition(":")
+        key, _, value = kv.partition("=")
+        options.setdefault(algo, {})[key] = json.loads(value)
+
     lm = dpopt.load(a.model, device=a.device)
-    base = dpopt.make_evaluator(lm, a.objective, tokens=a.tokens, seq_len=a.seq_len)
-    dense = base.dense_value()
-    rows = []
-    for algo in a.algos.split(","):
-        ev = Evaluator(lm, base.objective)
-        ev.memo[(dpopt.LayerMask.dense(lm.n_blocks).key(), None)] = dense
-        t = time.perf_counter()
-        try:
-            res = dpopt.search(lm, ev, algo, remove=a.remove, budget=a.budget, seed=a.seed, storage="none",
-                               progress=False, algo_options=ALGO_OPTIONS.get(algo))
-        except dpopt.UserError as exc:  # e.g. a beam too wide for the budget: say so, go on
-            print(f"  {algo}: skipped ({exc})", flush=True)
-            continue
-        rows.append((algo, res, time.perf_counter() - t))
-        print(f"  {algo}: {res['fitness']:.4f} removed {res['removed_layers']}", flush=True)
-    sign = 1 if base.direction == "minimize" else -1
-    best = min(sign * r["fitness"] for _, r, _ in rows)
-    target = best * (1.01 if best > 0 else 0.99)
-    print(f"\nSmolLM2 ({lm.n_blocks} blocks), objective {a.objective} (dense {dense:.4f}), remove {a.remove}, "
-          f"budget {a.budget} evaluations, {a.tokens} tokens\n")
-    print("(beam with width 2; every searcher seed %d)\n" % a.seed)
-    print("| algo | best fitness | removed | evals to within 1% of best | evals used | wall s |")
-    print("|---|---|---|---|---|---|")
-    for algo, r, wall in rows:
-        hit = next((n for n, b in r["history"] if sign * b <= target), None)
-        print(f"| {algo} | {r['fitness']:.4f} | {r['removed_layers']} | {hit if hit is not None else '—'} | "
-              f"{r['evaluations']} | {wall:.1f} |")
+    tables = []
+    for objective in a.objectives.split(","):
+        base = dpopt.make_evaluator(lm, objective, tokens=a.tokens, seq_len=a.seq_len, batch_size=a.batch_size)
+        sign = 1 if base.direction == "minimize" else -1
+        for k in (int(x) for x in a.remove.split(",")):
+            runs = []
+            for algo in a.algos.split(","):
+                seeds = [0] if algo in DETERMINISTIC else range(a.seeds)
+                for seed in seeds:
+                    try:
+                        r = run_one(lm, base, algo, k, a.budget, seed, options.get(algo))
+                    except dpopt.UserError as exc:  # e.g. greedy's path longer than the budget: say so, go on
+                        print(f"  {objective} K={k} {algo} seed {seed}: skipped ({exc})", flush=True)
+                        break
+                    r["objective"] = objective
+                    runs.append(r)
+                    print(f"  {objective} K={k} {algo} seed {seed}: {r['fitness']:.4f} removed {r['removed']} "
+                          f"({r['wall']:.0f} s)", flush=True)
+                    if a.jsonl:
+                        with open(a.jsonl, "a") as fh:
+                            fh.write(json.dumps(r) + "\n")
+            if runs:
+                head = (f"### {lm.n_blocks}-block {a.model}, {objective} (dense {base.dense_value():.4f}), K={k}, "
+                        f"budget {a.budget}, {a.tokens} calibration tokens, seeds 0..{a.seeds - 1}")
+                tables.append(table(runs, sign, head))
+                print("\n" + tables[-1] + "\n", flush=True)
+    print("\n\n".join(tables))
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def make_searcher(algo: str, constraint, evaluator: Evaluator, seed: int, option
     from .optim import SEARCHERS
 
     factory = SEARCHERS.get(algo)
-    contract = ("needs_block_stats", "race_schedule", "ask", "tell", "done")
+    contract = ("needs_block_stats", "race_schedule", "bind", "incumbents", "ask", "tell", "done")
     missing = [a for a in contract if not hasattr(factory, a)]
     if missing:
         raise UserError(f"searcher {algo!r} does not meet the Searcher protocol (missing {', '.join(missing)}); "

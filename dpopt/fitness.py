@@ -39,6 +39,10 @@ class MemoEvaluator:
             return WORST
         return raw if self.direction == "minimize" else -raw
 
+    def fidelities(self) -> list[int]:
+        """The fidelities at which the objective's data can be cut (none for a plain function)."""
+        return []
+
     def resolve_fidelity(self, fidelity: int | None) -> int | None:
         """The canonical memo key for a requested fidelity (subclasses: what is really scored)."""
         return fidelity
@@ -116,16 +120,23 @@ class FunctionEvaluator(MemoEvaluator):
 
 
 def race(evaluator: MemoEvaluator, masks: Sequence[LayerMask],
-         schedule: Sequence[tuple[int | None, int]]) -> tuple[list[LayerMask], np.ndarray]:
+         schedule: Sequence[tuple[int | None, int]],
+         incumbents: Sequence[LayerMask] = ()) -> tuple[list[LayerMask], np.ndarray]:
     """EvoPress's multi-step selection: score all on few tokens, only the best on more.
 
     ``schedule`` is ``[(fidelity, survivors), ...]`` from cheapest to richest, e.g.
     ``[(2048, 8), (32768, 2)]``: all masks are scored at fidelity 2048, the best 8 go on to
     32768 and the best 2 of those are returned with their fitness at the last fidelity.
+    ``incumbents`` (a GA's parents) join the pool only in the last stage, so they are
+    compared with the survivors at the same fidelity and a raced generation cannot lose
+    its best mask to a lucky cheap score; they count among the last stage's survivors.
     """
     pool = list(dict.fromkeys(masks))  # dedupe, keep order
+    extra = [m for m in dict.fromkeys(incumbents) if m not in set(pool)]
     fit = np.zeros(0)
-    for fidelity, survivors in schedule:
+    for stage, (fidelity, survivors) in enumerate(schedule):
+        if stage == len(schedule) - 1:
+            pool = pool + [m for m in extra if m not in set(pool)]
         fit = evaluator.evaluate(pool, fidelity)
         order = np.argsort(fit, kind="stable")[: max(1, survivors)]
         pool = [pool[i] for i in order]

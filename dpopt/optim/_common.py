@@ -24,7 +24,9 @@ class SearcherBase:
     """
 
     name = "base"
-    race_schedule: list[tuple[int | None, int]] | None = None  # see dpopt.optim.base.Searcher
+    # multi-fidelity racing of each batch: ``[(fidelity, survivors), ...]`` cheapest first;
+    # ``run_search`` reads it after every ask, so a searcher may change it between batches
+    race_schedule: list[tuple[int | None, int]] | None = None
     needs_block_stats = False
 
     def __init__(self, constraint: Constraint, seed: int = 0):
@@ -40,6 +42,16 @@ class SearcherBase:
     @property
     def done(self) -> bool:
         return self._done
+
+    def bind(self, fidelities: list[int]) -> None:
+        """Told once, before the first ask, the objective's cumulative batch sizes ([] if unknown).
+
+        A searcher that races derives its default schedule from them; others ignore them.
+        """
+
+    def incumbents(self) -> list[LayerMask]:
+        """Masks re-scored beside the survivors in a race's last stage (a GA's parents)."""
+        return []
 
     @property
     def best(self) -> tuple[LayerMask | None, float]:
@@ -62,6 +74,11 @@ def random_unseen(constraint: Constraint, rng: np.random.Generator, *seen: set[b
         if all(m.key() not in s for s in seen):
             return m
     return None
+
+
+def level_switch_swaps(rng: np.random.Generator, max_swaps: int = 3) -> int:
+    """EvoPress's mutation size: the smaller of two uniform draws from 1..max_swaps."""
+    return int(min(rng.integers(1, max_swaps + 1), rng.integers(1, max_swaps + 1)))
 
 
 def space_size(constraint: Constraint) -> int:

@@ -26,12 +26,21 @@ class Searcher(Protocol):
     ``race_schedule``: ``[(fidelity, survivors), ...]`` to score each batch by multi-fidelity
     racing (only the survivors are told), or None to score it in full.
     ``needs_block_stats``: the caller passes ``stats=evaluator.block_stats()`` to the constructor.
+    ``bind``/``incumbents``: see below (SearcherBase: no-op / none).
     """
 
     name: str
     constraint: Constraint
     race_schedule: Sequence[tuple[int | None, int]] | None
     needs_block_stats: bool
+
+    def bind(self, fidelities: list[int]) -> None:
+        """Called once before the first ask with the evaluator's cumulative batch sizes."""
+        ...
+
+    def incumbents(self) -> list[LayerMask]:
+        """Masks re-scored beside a race's last-stage survivors (a GA's parents)."""
+        ...
 
     def ask(self) -> list[LayerMask]: ...
 
@@ -84,6 +93,7 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, record=None,
     seen: set[bytes] = set()  # every mask asked so far: what the budget counts
     best_mask: LayerMask | None = None
     best_fit = float("inf")
+    best_fidelity: int | None = None  # the fidelity best_fit was scored at (a race's last stage)
     history: list[tuple[int, float]] = []
     stale_batches = 0
     # greedy/beam pass through masks with fewer than k removed: only valid masks can be the answer
@@ -91,6 +101,7 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, record=None,
     interrupted = timed_out = False
     valid_told = 0
     batch_no = 0
+    searcher.bind(list(evaluator.fidelities()))
     try:
         while not searcher.done:
             if budget.seconds is not None and time.perf_counter() - start >= budget.seconds:
@@ -118,12 +129,20 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, record=None,
             if record is not None:
                 record.begin_batch(batch_no)
             batch_no += 1
-            schedule = searcher.race_schedule
+            schedule = searcher.race_schedule  # read after every ask: a searcher may change it
             if schedule:
-                # multi-fidelity selection: only the survivors are told, at the richest fidelity
-                masks, fitness = race(evaluator, masks, schedule)
+                # multi-fidelity selection: only the survivors are told, at the last stage's
+                # fidelity, where the incumbents (a GA's parents) are re-scored beside them
+                masks, fitness = race(evaluator, masks, schedule, incumbents=searcher.incumbents())
+                fidelity = schedule[-1][0]
             else:
+                fidelity = None
                 fitness = np.asarray(evaluator.evaluate(masks), dtype=float)
+            if best_mask is not None and fidelity != best_fidelity:
+                # values at different fidelities do not compare: re-score the best where the
+                # new ones were scored (a memo hit when it was raced as an incumbent)
+                best_fit = float(np.asarray(evaluator.evaluate([best_mask], fidelity), dtype=float)[0])
+            best_fidelity = fidelity
             for m, f in zip(masks, fitness):
                 if constraint.is_valid(m):
                     valid_told += 1

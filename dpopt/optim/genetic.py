@@ -1,10 +1,18 @@
-"""Genetic algorithm on DEAP's Toolbox, with EvoPress's swap mutation and optional racing.
+"""(mu + lambda) evolutionary search over masks: EvoPress's algorithm on DEAP's Toolbox.
 
-DEAP's stock bit-flip mutation and crossovers would change how many blocks are removed,
-so every child is repaired back into the space (``Constraint.repair``) after mate and
-mutate. Operators live in a ``deap.base.Toolbox`` so a variant can be tried by
-re-registering ``mate``/``mutate``/``select`` on ``searcher.toolbox``; they follow DEAP's
-conventions (individuals are lists of bools with a ``fitness`` attribute).
+One generation, as DEAP's ``eaMuPlusLambda`` and EvoPress's ``evo_drop_search`` run it::
+
+    offspring = [mutate(select(parents))  for _ in range(lambda)]   # one ask
+    race offspring: score all on few tokens, the best few on more   # run_search + race
+    re-score the parents beside the last stage's survivors           # incumbents()
+    parents = best mu of (parents + survivors)                       # tell
+
+Mutation is EvoPress's level-switch move: ``min(U{1,3}, U{1,3})`` swaps of a removed
+block with a kept one (one swap 5/9 of the time, which matters near the optimum), so a
+child always removes exactly ``k`` blocks. Crossover (DEAP's, then ``Constraint.repair``)
+is available but off by default: EvoPress has none, and on our benchmark it did not help
+(benchmarks/RESULTS-searchers.md). Operators live in a ``deap.base.Toolbox`` so a variant
+can be tried by re-registering ``mate``/``mutate``/``select`` on ``searcher.toolbox``.
 
 ``deap.creator`` is global state shared by every importer, so the individual and fitness
 classes are defined here instead. DEAP draws from the global ``random`` module; that is
@@ -19,7 +27,8 @@ from deap import base, tools
 
 from ..errors import UserError
 from ..genome import Constraint, LayerMask
-from ._common import SearcherBase, check_float, check_int, private_global_random, random_unseen, space_size
+from ._common import (SearcherBase, check_float, check_int, level_switch_swaps, private_global_random, random_unseen,
+                      space_size)
 from .base import register_searcher
 
 
@@ -41,15 +50,19 @@ class Individual(list):
             ind.fitness.values = (float(fitness),)
         return ind
 
+    def mask(self) -> LayerMask:
+        return LayerMask(self)
+
 
 def parse_race(race) -> list[tuple[int | None, int]] | None:
-    """``[(fidelity, survivors), ...]`` cheapest first; survivors must shrink or stay."""
-    if race is None or race == [] or race == ():
+    """``[(fidelity, survivors), ...]`` cheapest first; ``"auto"`` is resolved later by ``bind``."""
+    if race is None or race == [] or race == () or race == "none":
         return None
     try:
         schedule = [(None if f is None else int(f), int(s)) for f, s in race]
     except (TypeError, ValueError):
-        raise UserError(f"genetic option race must be a list of (fidelity, survivors) pairs, got {race!r}") from None
+        raise UserError(f"genetic option race must be 'auto', 'none' or a list of (fidelity, survivors) pairs, "
+                        f"got {race!r}") from None
     for f, s in schedule:
         if s < 1:
             raise UserError(f"genetic option race: survivors must be >= 1, got {s}")
@@ -58,43 +71,74 @@ def parse_race(race) -> list[tuple[int | None, int]] | None:
     return schedule
 
 
+MIN_RACE_FIDELITY = 512  # tokens (or questions) below which a first-stage score is too noisy to rank by
+
+
+def auto_race(fidelities: Sequence[int], offspring: int, population: int) -> list[tuple[int | None, int]] | None:
+    """The default race, from the objective's cumulative batch sizes (None: a single batch, no race).
+
+    EvoPress scores its 16 offspring on 1/8 of the data and the 2 best on 1/2 of it. Here
+    every child is scored on 1/16 of the data (at least ``MIN_RACE_FIDELITY`` tokens or
+    questions, at least one batch), and the best ``max(2, population)`` on half of it, where
+    the parents are re-scored beside them: a generation then costs about 1.9 full-data
+    evaluations instead of EvoPress's 2.75. Below the floor a cheap score is mostly noise
+    (on SmolLM2, 32-token scores cost the search more than they saved), so no race.
+    ``offspring`` is accepted so a future rule may scale with it.
+    """
+    fids = [int(f) for f in fidelities]
+    if len(fids) < 2:
+        return None
+    total = fids[-1]
+    first = next((f for f in fids if f >= max(total / 16, MIN_RACE_FIDELITY)), total)
+    if first >= total:
+        return None
+    last = next(f for f in fids if f >= total / 2)
+    if last <= first:
+        last = next(f for f in fids if f > first)
+    return [(first, max(2, population)), (None if last >= total else last, population)]
+
+
+INITS = ("random", "single")
+
+
 @register_searcher("genetic")
 class GeneticSearch(SearcherBase):
-    """Elitist generational GA over masks with exactly ``k`` removed.
+    """(mu + lambda) evolution with EvoPress's level-switch mutation and multi-fidelity racing.
 
     Options:
-      ``population`` (32): parents kept between generations.
-      ``offspring`` (= population): children asked per generation (one batch).
-      ``elite`` (2): best parents carried over unchanged.
-      ``crossover`` ("uniform" | "twopoint" | "none", default "uniform"), ``cxpb`` (0.5): mating probability.
-      ``tournsize`` (3): tournament size for parent selection.
-      ``min_swaps``/``max_swaps`` (1/3): swaps per mutation, drawn uniformly (EvoPress).
-      ``race`` (None): ``[(fidelity, survivors), ...]``; when set, ``run_search`` scores each
-      batch by multi-fidelity racing and tells only the survivors, which then compete with
-      the elite for the next population.
+      ``population`` (2): parents kept between generations (mu); 1 is EvoPress's (1 + lambda).
+      ``offspring`` (16): children asked per generation (lambda, one batch).
+      ``initial`` (32): random masks scored first; the best ``population`` become the parents.
+      ``init`` ("random" | "single"): "single" first scores every block removed alone, then
+      draws the initial masks around the k least harmful (costs one evaluation per block).
+      ``crossover`` ("none" | "uniform" | "twopoint", default "none"), ``cxpb`` (0.5).
+      ``tournsize`` (1): tournament size for choosing a parent (1: uniform, as EvoPress).
+      ``max_swaps`` (3): mutation swaps are ``min(U{1,max}, U{1,max})``.
+      ``race`` ("auto"): ``[(fidelity, survivors), ...]``, "none", or "auto": on whenever the
+      objective has more than one batch and its first stage can score at least 512 tokens
+      (or questions); see ``auto_race``. The last stage's survivors are
+      the next parents: they are chosen among the surviving children AND the re-scored parents.
     A child identical to any mask asked before in this run is discarded and redrawn.
     """
 
     name = "genetic"
 
-    def __init__(self, constraint: Constraint, seed: int = 0, population: int = 32,
-                 offspring: int | None = None, elite: int = 2, crossover: str = "uniform",
-                 cxpb: float = 0.5, tournsize: int = 3, min_swaps: int = 1, max_swaps: int = 3,
-                 race=None):
+    def __init__(self, constraint: Constraint, seed: int = 0, population: int = 2, offspring: int = 16,
+                 initial: int | None = 32, init: str = "random", crossover: str = "none", cxpb: float = 0.5,
+                 tournsize: int = 1, max_swaps: int = 3, race="auto"):
         super().__init__(constraint, seed)
         self.population_size = check_int("population", population)
-        self.offspring_size = check_int("offspring", offspring if offspring is not None else self.population_size)
-        self.elite = check_int("elite", elite, minimum=0)
-        if self.elite > self.population_size:
-            raise UserError(f"genetic option elite ({elite}) cannot exceed population ({population})")
+        self.offspring_size = check_int("offspring", offspring)
+        self.initial = max(check_int("initial", initial if initial is not None else population),
+                           self.population_size)
+        if init not in INITS:
+            raise UserError(f"genetic option init must be one of {', '.join(INITS)}, got {init!r}")
+        self.init = init
         self.cxpb = check_float("cxpb", cxpb, 0.0, 1.0)
-        self.min_swaps = check_int("min_swaps", min_swaps)
         self.max_swaps = check_int("max_swaps", max_swaps)
-        if self.max_swaps < self.min_swaps:
-            raise UserError(f"genetic option max_swaps ({max_swaps}) is below min_swaps ({min_swaps})")
-        schedule = parse_race(race)
-        if schedule is not None:
-            self.race_schedule = schedule
+        self._race_option = race if race == "auto" else parse_race(race)
+        self._race: list[tuple[int | None, int]] | None = None if race == "auto" else self._race_option
+        self._fidelities: list[int] = []
 
         self.toolbox = base.Toolbox()
         self.toolbox.register("select", tools.selTournament, tournsize=check_int("tournsize", tournsize))
@@ -105,18 +149,45 @@ class GeneticSearch(SearcherBase):
         elif crossover == "none":
             self.cxpb = 0.0
         else:
-            raise UserError(f"genetic option crossover must be uniform, twopoint or none, got {crossover!r}")
+            raise UserError(f"genetic option crossover must be none, uniform or twopoint, got {crossover!r}")
         self.toolbox.register("mutate", self._swap_mutate)
 
         self.space = space_size(constraint)
         self._asked: set[bytes] = set()
         self.population: list[Individual] = []
         self.generation = 0
+        self._stage = "probe" if init == "single" else "initial"  # -> "initial" -> "evolve"
+        self._harm: dict[int, float] = {}
         self._pyrandom = {"seed": self.seed}
+
+    # --- racing ---------------------------------------------------------------------------
+    def bind(self, fidelities: list[int]) -> None:
+        self._fidelities = [int(f) for f in fidelities]
+        if self._race_option == "auto":
+            self._race = auto_race(self._fidelities, self.offspring_size, self.population_size)
+
+    @property
+    def race_schedule(self) -> list[tuple[int | None, int]] | None:
+        """This batch's race: generations use the full schedule; the first batches only its first stage.
+
+        The initial masks (and single-removal probes) are ranked on the cheap fidelity alone,
+        as EvoPress does; the parents they yield are re-scored in the next generation's last stage.
+        """
+        if not self._race:
+            return None
+        if self._stage == "evolve":
+            return self._race
+        first = self._race[0][0]
+        if self._stage == "probe":
+            return [(first, len(self.constraint.removable))]
+        return [(first, self.population_size)]
+
+    def incumbents(self) -> list[LayerMask]:
+        return [ind.mask() for ind in self.population] if self._stage == "evolve" else []
 
     # --- operators ------------------------------------------------------------------------
     def _swap_mutate(self, ind: Individual) -> tuple[Individual]:
-        n_swaps = int(self.rng.integers(self.min_swaps, self.max_swaps + 1))
+        n_swaps = level_switch_swaps(self.rng, self.max_swaps)
         ind[:] = self.constraint.swap_mutation(LayerMask(ind), self.rng, n_swaps).bits.tolist()
         return (ind,)
 
@@ -133,6 +204,15 @@ class GeneticSearch(SearcherBase):
         (child,) = tb.mutate(child)
         return self.constraint.repair(np.array(child), self.rng)
 
+    def _seeded(self) -> LayerMask:
+        """A mask near the single-removal ranking: its k least harmful blocks, then a mutation."""
+        removable = np.array(self.constraint.removable)
+        harm = np.array([self._harm.get(int(i), np.inf) for i in removable])
+        ranked = LayerMask.from_removed(self.constraint.n_units, removable[np.lexsort((removable, harm))][: self.constraint.k])
+        if ranked.key() not in self._asked:
+            return ranked
+        return self.constraint.swap_mutation(ranked, self.rng, level_switch_swaps(self.rng, self.max_swaps))
+
     def _random_unseen(self, fresh: set[bytes]) -> LayerMask | None:
         return random_unseen(self.constraint, self.rng, self._asked, fresh)
 
@@ -140,15 +220,22 @@ class GeneticSearch(SearcherBase):
     def ask(self) -> list[LayerMask]:
         if self._done:
             return []
+        if self._stage == "probe":
+            return [LayerMask.from_removed(self.constraint.n_units, [i]) for i in self.constraint.removable]
         batch: list[LayerMask] = []
         fresh: set[bytes] = set()
-        want = min(self.population_size if not self.population else self.offspring_size,
-                   self.space - len(self._asked))
+        initial = self._stage == "initial"
+        want = min(self.initial if initial else self.offspring_size, self.space - len(self._asked))
         with private_global_random(self._pyrandom):
             tries = 0
             while len(batch) < want and tries < 50 * want:
                 tries += 1
-                m = self._child() if self.population else self._random_unseen(fresh)
+                if not initial:
+                    m = self._child()
+                elif self.init == "single":
+                    m = self._seeded()
+                else:
+                    m = self._random_unseen(fresh)
                 if m is None or m.key() in self._asked or m.key() in fresh:
                     continue
                 fresh.add(m.key())
@@ -165,19 +252,32 @@ class GeneticSearch(SearcherBase):
         return batch
 
     def tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
+        """Plus-selection: the next parents are the best ``population`` of parents and told children.
+
+        When the batch was raced, the parents were re-scored in its last stage and every
+        one that is not among the told winners lost to them; such parents come back only
+        if fewer winners than ``population`` were told.
+        """
         fitness = np.asarray(fitness, dtype=float)
+        if self._stage == "probe":
+            for m, f in zip(masks, fitness):
+                (i,) = m.removed()
+                self._harm[i] = float(f)
+            if len(masks):
+                self._stage = "initial"
+            return
         self._record(masks, fitness)
-        told = [Individual.of(m, f) for m, f in zip(masks, fitness)]
-        old = sorted(self.population, key=lambda ind: ind.fitness.values[0])
-        if not self.population:
-            elites, rest = [], []
+        if not len(masks):
+            return
+        told = {m.key(): Individual.of(m, f) for m, f in zip(masks, fitness)}
+        by_fit = lambda ind: ind.fitness.values[0]  # noqa: E731
+        parents = [p for p in self.population if p.mask().key() not in told]
+        if self._stage == "evolve" and self.race_schedule:
+            ranked = sorted(told.values(), key=by_fit) + sorted(parents, key=by_fit)
         else:
-            elites, rest = old[: self.elite], old[self.elite:]
-        # children replace the non-elite parents; when fewer were told (racing, budget cut)
-        # the best remaining parents fill the population up
-        children = sorted(told, key=lambda ind: ind.fitness.values[0])
-        new = elites + children[: self.population_size - len(elites)]
-        new += rest[: self.population_size - len(new)]
-        if new:
-            self.population = new
-        self.generation += 1
+            ranked = sorted(list(told.values()) + parents, key=by_fit)
+        self.population = ranked[: self.population_size]
+        if self._stage == "initial":
+            self._stage = "evolve"
+        else:
+            self.generation += 1
