@@ -140,13 +140,14 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
         with evaluator.recording(record):
             dense = evaluator.dense_value()
             res = run_search(searcher, evaluator, limits, record, progress=on_progress)
+            best_raw = evaluator.raw(res.best)  # at full fidelity, recorded like every evaluation
     finally:
         if bar is not None:
             bar.close()
     sign = 1 if evaluator.direction == "minimize" else -1
     settings = evaluator.fingerprint.settings
     result = SearchResult(
-        removed_layers=list(res.best.removed()), kept_layers=list(res.best.kept()), fitness=evaluator.raw(res.best),
+        removed_layers=list(res.best.removed()), kept_layers=list(res.best.kept()), fitness=best_raw,
         dense_fitness=dense, objective=objective_name, direction=evaluator.direction, algo=algo,
         evaluations=res.evaluations, seed=seed, model=lm.source, n_blocks=lm.n_blocks, remove=constraint.k,
         protect=list(constraint.protect), wall_seconds=round(time.perf_counter() - start, 3),

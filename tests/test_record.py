@@ -105,7 +105,7 @@ def test_search_seed_never_moves_the_data(ck, text_file, tmp_path, capsys):
 def _search(ck, text_file, storage, study="raced", budget=40, **kw):
     lm = dpopt.load(str(ck), device="cpu")
     ev = dpopt.make_evaluator(lm, "kl", data=str(text_file), tokens=256, seq_len=32, batch_size=2)
-    opts = dict(population=8, race=RACE)
+    opts = dict(population=2, offspring=8, initial=8, race=RACE)
     res = dpopt.search(lm, ev, "genetic", remove=3, budget=budget, seed=0, storage=storage, study=study,
                        progress=False, algo_options=opts, **kw)
     return res, ev
@@ -119,7 +119,7 @@ def test_every_raced_evaluation_is_a_trial_with_its_fidelity(ck, text_file, tmp_
     inner = ev._score
     ev._score = lambda masks, fid: (scored.extend((m.key(), fid) for m in masks), inner(masks, fid))[1]
     dpopt.search(lm, ev, "genetic", remove=3, budget=30, seed=0, storage=db, study="raced", progress=False,
-                 algo_options=dict(population=8, race=RACE))
+                 algo_options=dict(population=2, offspring=8, initial=8, race=RACE))
     ts = trials(db, "raced")
     assert len(ts) == len(scored) == len(set(scored))
     by_fid = {}
@@ -153,7 +153,7 @@ KILL_SCRIPT = textwrap.dedent('''
     lm = dpopt.load(ck, device="cpu")
     ev = dpopt.make_evaluator(lm, "kl", data=text, tokens=256, seq_len=32, batch_size=2)
     dpopt.search(lm, ev, "genetic", remove=3, budget=40, seed=0, storage=db, study="raced", progress=False,
-                 algo_options=dict(population=8, race=%r))
+                 algo_options=dict(population=2, offspring=8, initial=8, race=%r))
 ''' % RACE)
 
 
