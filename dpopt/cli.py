@@ -93,6 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True)
     x.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
+    c = sub.add_parser("compare", help="run several searchers x seeds on one objective; write a report")
+    _model_args(c)
+    c.add_argument("--objective", default="ppl", help="ppl | kl | acc | NAME:W,NAME:W | package.module:Class")
+    _grid_args(c)
+    c.add_argument("--heldout", default="ppl,kl",
+                   help="objectives each searcher's best mask is re-scored on, held-out split (acc is opt-in: slow)")
+
+    st = sub.add_parser("study", help="the compare grid per objective: does the objective matter more than the searcher?")
+    _model_args(st)
+    st.add_argument("--objectives", default="ppl,kl", help="comma-separated, at least two, e.g. ppl,kl,acc")
+    _grid_args(st)
+    st.add_argument("--random-masks", type=int, default=20,
+                    help="random valid masks added to the final masks for the rank correlations (default 20)")
+
     sub.add_parser("models", help="list the model zoo")
     sub.add_parser("data", help="list the data zoo")
     sub.add_parser("algos", help="list the searchers")
@@ -103,6 +117,107 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--port", type=int, default=8080, help="0 takes a free port")
     return p
+
+
+def _grid_args(p: argparse.ArgumentParser) -> None:
+    """What compare and study share: the grid, its storage and report, and the data options of search."""
+    p.add_argument("--algos", default="greedy,beam,random,genetic,anneal",
+                   help="comma-separated searcher names (dpopt algos), ng:NAME, optuna:NAME or package.module:Class")
+    p.add_argument("--remove", type=int, required=True, help="number of blocks to remove (K)")
+    p.add_argument("--protect", default=None, help="blocks never removed, e.g. 0,-1")
+    p.add_argument("--budget", type=int, default=200, help="evaluations per run (each mask a searcher asks counts)")
+    p.add_argument("--time-budget", type=float, default=None, help="seconds per run")
+    p.add_argument("--seeds", type=int, default=5, help="runs per searcher, seeds 0..N-1")
+    p.add_argument("--brute-force", action="store_true",
+                   help="enumerate every mask for the true optimum even when the space exceeds --budget")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///dpopt-studies.db) or "
+                                                   "journal:FILE; one study per (searcher, seed)")
+    p.add_argument("--report", required=True, help="report folder (must be new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --report folder")
+    p.add_argument("--option", action="append", default=[], metavar="ALGO.KEY=VALUE",
+                   help="searcher option, e.g. --option genetic.population=48 (repeatable)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--data", default=None, help="text data: zoo name or .txt/.jsonl file (default wikipedia)")
+    p.add_argument("--tasks", default=None, help="multiple-choice data for acc (default mmlu)")
+    p.add_argument("--data-seed", type=int, default=DEFAULT_DATA_SEED, help="orders the items inside a split")
+    p.add_argument("--tokens", type=int, default=None, help="calibration tokens for ppl/kl (default 4096)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 512)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences or questions per batch")
+    p.add_argument("--questions", type=int, default=None, help="questions for acc (default 256)")
+    p.add_argument("--kl-topk", type=int, default=None, help="keep the dense model's top-k log-probs (k>=512)")
+    p.add_argument("--acc-metric", default=None, choices=["acc", "acc_norm"])
+    p.add_argument("--cache-mb", type=float, default=None, help="prefix-activation cache across calls")
+    p.add_argument("--memory-mb", type=float, default=None, help="activation budget of one batched block call")
+    p.add_argument("--no-prefix-sharing", action="store_true", help="run each mask alone (for checking)")
+
+
+def _grid_options(a) -> dict[str, dict]:
+    """``--option ALGO.KEY=VALUE`` grouped by searcher."""
+    out: dict[str, dict] = {}
+    for text in a.option:
+        key, value = _parse_option(text)
+        algo, dot, opt = key.rpartition(".")
+        if not dot or not algo or not opt:
+            raise UserError(f"--option {text!r} must be ALGO.KEY=VALUE, e.g. genetic.population=48")
+        out.setdefault(algo, {})[opt] = value
+    return out
+
+
+def _grid_kwargs(a) -> dict:
+    return dict(algos=a.algos, remove=a.remove, budget=a.budget, seeds=a.seeds, report=a.report, storage=a.storage,
+                data=a.data, tasks=a.tasks, data_seed=a.data_seed, protect=a.protect,
+                brute_force=True if a.brute_force else None, seconds=a.time_budget, algo_options=_grid_options(a),
+                overwrite=a.overwrite, progress=not a.no_progress,
+                evaluator_options=dict(prefix_sharing=not a.no_prefix_sharing, cache_mb=a.cache_mb,
+                                       memory_mb=a.memory_mb),
+                **_objective_options(a))
+
+
+def _check_grid(a) -> None:
+    from .compare import check_grid, parse_names
+
+    check_grid(parse_names(a.algos, "--algos"), a.seeds, a.budget, a.report, a.overwrite, a.storage)
+    _grid_options(a)
+
+
+def cmd_compare(a) -> int:
+    from . import api
+    from .compare import compare, parse_names
+
+    _check_grid(a)  # every mistake before the model loads
+    heldout = parse_names(a.heldout, "--heldout") if a.heldout.strip() else []
+    lm = api.load(a.model, a.device, a.dtype)
+    res = compare(lm, a.objective, heldout=heldout, **_grid_kwargs(a))
+    g = res.grid
+    failed = [f"{r.algo} seed {r.seed}" for r in g.experiment.runs if not r.ok]
+    print(f"{len(g.experiment.runs)} runs ({len(failed)} failed{': ' + ', '.join(failed) if failed else ''}); "
+          f"{g.evaluations} evaluations counted, {g.masks_computed} distinct masks computed")
+    ref = res.report.get("reference")
+    if ref is not None:
+        print(f"reference {g.experiment.objective} = {ref.value:.6g} removing {list(ref.removed)} "
+              f"({'brute-force optimum' if ref.exact else 'best found'})")
+    for row in res.report.get("rows", []):
+        print(f"  {row.algo:<14} median {row.median:.6g}  best {row.best:.6g}  ok {row.n_ok}/{row.n_ok + row.n_failed}")
+    print(f"report: {os.path.join(a.report, 'index.html')} (and report.md); studies in {res.storage}")
+    return 0
+
+
+def cmd_study(a) -> int:
+    from . import api
+    from .compare import parse_names, study
+
+    _check_grid(a)
+    if len(parse_names(a.objectives, "--objectives")) < 2:
+        raise UserError("study needs at least two --objectives (e.g. ppl,kl); for one use dpopt compare")
+    if a.random_masks < 0:
+        raise UserError(f"--random-masks must be >= 0, got {a.random_masks}")
+    lm = api.load(a.model, a.device, a.dtype)
+    res = study(lm, a.objectives, random_masks=a.random_masks, **_grid_kwargs(a))
+    print(res.report.get("headline", ""))
+    for c in res.report.get("correlations", []):
+        print(f"  {c.a} vs {c.b}: Spearman {c.spearman:.3f}, Kendall {c.kendall:.3f} over {c.n} masks")
+    print(f"report: {os.path.join(a.report, 'index.html')} (and report.md); studies in {res.storage}")
+    return 0
 
 
 def _parse_option(text: str):
@@ -249,7 +364,7 @@ def cmd_dashboard(a) -> int:
 
 
 COMMANDS = {"search": cmd_search, "eval": cmd_eval, "export": cmd_export, "models": cmd_models, "data": cmd_data,
-            "algos": cmd_algos, "fetch": cmd_fetch, "dashboard": cmd_dashboard}
+            "algos": cmd_algos, "compare": cmd_compare, "study": cmd_study, "fetch": cmd_fetch, "dashboard": cmd_dashboard}
 
 
 def main(argv: list[str] | None = None) -> int:

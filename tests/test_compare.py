@@ -1,0 +1,188 @@
+"""dpopt compare / study: the report's numbers are the studies' numbers, the shared memo costs
+the union of distinct evaluations, a broken searcher fails alone, bad input exits 2 first."""
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import textwrap
+
+import numpy as np
+import optuna
+import pytest
+
+import dpopt
+from dpopt.cli import main
+from dpopt.compare import run_grid
+from dpopt.fitness import FunctionEvaluator
+from dpopt.genome import Constraint
+from dpopt.models.tiny import save_tiny_checkpoint
+from dpopt.report import build_compare_report
+
+IDENTITY = (2, 5)
+
+
+@pytest.fixture(scope="module")
+def tiny_ck(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ck") / "tiny-llama"
+    save_tiny_checkpoint(path, "llama", 8, seed=0, identity_blocks=IDENTITY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "calib.txt"
+    paras = [f"Paragraph {i}: the quick brown fox number {i} jumps over {i * 7} lazy dogs by the river." for i in range(80)]
+    path.write_text("\n\n".join(paras))
+    return path
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_ck):
+    return dpopt.load(str(tiny_ck), device="cpu")
+
+
+def _trials(storage, name):
+    return optuna.load_study(study_name=name, storage=storage).trials
+
+
+def test_compare_report_numbers_are_the_studies(lm, text_file, tmp_path):
+    """Final values = each study's best valid trial; the reference is the brute-force optimum
+    (the identity blocks, KL 0); the gap per searcher is the mean of its runs' distances to it."""
+    db = f"sqlite:///{tmp_path}/s.db"
+    res = dpopt.compare(lm, "kl", algos="random,genetic", remove=2, budget=5, seeds=2, report=tmp_path / "rep",
+                        storage=db, data=str(text_file), heldout=("ppl",), brute_force=True, progress=False,
+                        tokens=64, seq_len=32, batch_size=1)
+    exp = res.experiment
+    ref = res.report["reference"]
+    assert ref.exact and ref.removed == IDENTITY and ref.value == pytest.approx(0.0, abs=1e-9)
+    for run in exp.runs:
+        assert run.ok
+        trials = _trials(db, res.grid.studies[(run.algo, run.seed)])
+        valid = [t for t in trials if t.state.name == "COMPLETE" and t.user_attrs["n_removed"] == 2]
+        best = min(valid, key=lambda t: t.value)
+        assert run.value == pytest.approx(best.value)
+        assert run.removed == tuple(i for i in range(8) if not best.params[f"keep_{i:02d}"])
+        assert [e.value for e in run.trace if e.valid] == pytest.approx(
+            [t.value for t in sorted(trials, key=lambda t: t.number) if t.user_attrs["n_removed"] == 2])
+    for row in res.report["rows"]:
+        mine = [r.value for r in exp.runs if r.algo == row.algo]
+        assert row.gap_mean == pytest.approx(np.mean(mine) - 0.0, abs=1e-12)
+        assert row.best == pytest.approx(min(mine))
+    with open(tmp_path / "rep" / "evaluations.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == sum(len(r.trace) for r in exp.runs)
+    held = res.heldout
+    assert set(held) == {"random", "genetic", "dense (no removal)"}
+    assert all(s.se is not None and s.se >= 0 for row in held.values() for s in row.values())
+    html = (tmp_path / "rep" / "index.html").read_text()
+    assert "brute-force optimum" in html and "data:image/png;base64," in html
+
+
+def test_shared_memo_costs_the_union(tmp_path):
+    """Two searchers on one evaluator: model work = the union of distinct evaluations, while
+    each study holds every evaluation its own run asked for."""
+    weights = np.random.default_rng(0).normal(size=10)
+    ev = FunctionEvaluator(lambda m: float(weights[list(m.removed())].sum()))
+    db = f"sqlite:///{tmp_path}/grid.db"
+    c = Constraint(10, 2)  # 45 masks: two budgets of 30 must overlap
+    grid = run_grid(ev, c, ["random", "genetic"], 1, 30, db, "syn", "syn", brute_force=False, progress=False)
+    computed, asked = set(), {}
+    for (algo, seed), name in grid.studies.items():
+        trials = _trials(db, name)
+        keys = [tuple(sorted(t.params.items())) for t in trials]
+        asked[algo] = set(keys)
+        assert len(keys) == len(set(keys)) == 30  # every mask the run asked, once
+        computed |= {k for t, k in zip(trials, keys) if t.user_attrs["computed"]}
+    union = asked["random"] | asked["genetic"]
+    assert ev.n_scored == grid.masks_computed == len(computed) == len(union)
+    assert grid.evaluations == 60 and len(union) < 60  # the second searcher reused the first's values
+
+
+def test_failing_searcher_is_marked_failed_and_the_rest_complete(tmp_path, monkeypatch):
+    pkg = tmp_path / "userpkg"
+    pkg.mkdir()
+    (pkg / "broken.py").write_text(textwrap.dedent("""
+        from dpopt.optim import SearcherBase
+
+        class Broken(SearcherBase):
+            name = "broken"
+            def ask(self):
+                raise RuntimeError("my searcher is broken")
+            def tell(self, masks, fitness):
+                pass
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("userpkg.broken", None)
+    ev = FunctionEvaluator(lambda m: float(sum(m.removed())))
+    grid = run_grid(ev, Constraint(8, 2), ["random", "userpkg.broken:Broken"], 2, 12, f"sqlite:///{tmp_path}/f.db",
+                    "f", "syn", progress=False)
+    status = {(r.algo, r.seed): r for r in grid.experiment.runs}
+    assert all(status[("random", s)].ok for s in range(2))
+    assert all(not status[("userpkg.broken:Broken", s)].ok for s in range(2))
+    assert "my searcher is broken" in status[("userpkg.broken:Broken", 0)].error
+    nums = build_compare_report(grid.experiment, tmp_path / "rep", grid_cost=grid.cost())
+    assert "FAILED" in (tmp_path / "rep" / "report.md").read_text()
+    assert {r.algo: r.n_failed for r in nums["rows"]} == {"random": 0, "userpkg.broken:Broken": 2}
+
+
+def _cli(args, capsys):
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("case,needle", [("report", "not empty"), ("algo", "choose one of"), ("seeds", "--seeds")])
+def test_bad_input_exits_2_before_the_model_loads(case, needle, tmp_path, capsys):
+    report = tmp_path / "rep"
+    args = ["compare", "--model", tmp_path / "no-such-model", "--algos", "random,genetic", "--remove", 2,
+            "--seeds", 2, "--report", report, "--storage", f"sqlite:///{tmp_path}/s.db"]
+    if case == "report":
+        report.mkdir()
+        (report / "old.md").write_text("x")
+    elif case == "algo":
+        args[4] = "random,nosuchalgo,genetic"
+    else:
+        args[args.index("--seeds") + 1] = "0"
+    rc, _, err = _cli(args, capsys)
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("dpopt: error")]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert needle in lines[0], lines[0]
+    if case == "algo":
+        assert "nosuchalgo" in lines[0] and "genetic" in lines[0]
+
+
+def test_cli_compare_then_study_on_a_tiny_model(tiny_ck, text_file, tmp_path, capsys):
+    db = f"sqlite:///{tmp_path}/s.db"
+    common = ["--model", tiny_ck, "--data", text_file, "--algos", "random,genetic", "--remove", 2, "--budget", 6,
+              "--seeds", 2, "--tokens", 64, "--seq-len", 32, "--storage", db, "--no-progress"]
+    rc, out, err = _cli(["compare", "--objective", "kl", "--heldout", "kl", "--report", tmp_path / "c"] + common, capsys)
+    assert rc == 0, err
+    assert "4 runs (0 failed)" in out and (tmp_path / "c" / "index.html").exists()
+    rc, out, err = _cli(["study", "--objectives", "ppl,kl", "--random-masks", 3, "--report", tmp_path / "s"] + common
+                        + ["--seeds", 1], capsys)
+    assert rc == 0, err
+    assert "Spearman" in out
+    md = (tmp_path / "s" / "report.md").read_text()
+    assert "Objective vs searcher" in md and "random @ kl" in md
+
+
+def test_study_rank_matrix_holds_the_final_masks_and_their_values(lm, text_file, tmp_path):
+    res = dpopt.study(lm, "ppl,kl", algos="random,genetic", remove=2, budget=6, seeds=2, report=tmp_path / "s",
+                      storage=f"sqlite:///{tmp_path}/s.db", data=str(text_file), random_masks=4, progress=False,
+                      tokens=64, seq_len=32, n_boot=50)
+    rm = res.rank_matrix
+    finals = {}
+    for name, g in res.grids.items():
+        for run in g.experiment.runs:
+            finals.setdefault(run.removed, {})[name] = run.value
+    assert set(finals) <= set(rm.masks) and len(rm.masks) == len(finals) + 4
+    for removed, vals in finals.items():
+        row = rm.masks.index(removed)
+        for name, v in vals.items():
+            assert rm.values[row, rm.objectives.index(name)] == pytest.approx(v)
+    corr = res.report["correlations"][0]
+    from scipy.stats import spearmanr
+
+    assert corr.spearman == pytest.approx(spearmanr(rm.values[:, 0], rm.values[:, 1]).statistic)
+    assert set(res.heldout) >= {f"{a} @ {o}" for a in ("random", "genetic") for o in ("ppl", "kl")}
+    assert math.isfinite(res.report["overlap"].across_objectives)
