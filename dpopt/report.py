@@ -151,12 +151,16 @@ def _colors(n: int):
 def plot_anytime(exp: Experiment, axis: str, report_dir: Path, name: str, doc: Doc) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
+    shown: list[float] = []
     for algo, color in zip(exp.algos, _colors(len(exp.algos))):
         c = anytime_curve(exp.ok_runs(algo), exp.direction, axis)
         if not len(c.x):
             continue
         ax.step(c.x, c.median, where="post", color=color, label=f"{algo} (n={c.n_runs})")
         ax.fill_between(c.x, c.low, c.high, step="post", color=color, alpha=0.2)
+        shown.extend(v for v in np.concatenate([c.low, c.high]) if np.isfinite(v))
+    if shown and min(shown) > 0 and max(shown) / min(shown) > 20:
+        ax.set_yscale("log")  # one early mask at ppl 58,000 would otherwise flatten every curve
     ref = best_reference(exp)
     if ref is not None:
         ax.axhline(ref.value, color="k", ls="--", lw=1, label="optimum" if ref.exact else "best found")
