@@ -586,4 +586,6 @@ class StudyRecord:
                 self.storage.set_trial_user_attr(t._trial_id, "workers", list(t.user_attrs.get("workers", [])) + [self.owner])
                 self._mine[(mask.key(), fid)] = t._trial_id
                 taken.setdefault(fid, []).append(mask)
+        if taken:
+            self._heartbeat()
         return taken

@@ -17,12 +17,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .tracking import HB_PREFIX, QUEUE_POLL_SECONDS, RunInfo, StudyRecord, _one_line, new_owner, open_storage
+from .tracking import HB_PREFIX, QUEUE_POLL_SECONDS, heartbeat_seconds, RunInfo, StudyRecord, _one_line, new_owner, open_storage
 
 DEFAULT_TAKE = 32
 
@@ -84,11 +85,17 @@ def run_worker(storage: str, study: str, device: str = "auto", take: int = DEFAU
         raise UserError(f"--take must be at least 1, got {take}")
     attrs, recipe = study_recipe(storage, study)
     owner = new_owner()
-    lm, ev = build_evaluator(attrs, recipe, device, study)
-    record = StudyRecord(storage, study, ev.fingerprint, ev.objective.name, ev.direction, attrs.get("units", []),
-                         RunInfo(algo="worker", extra=dict(device=str(lm.masked.device))), create=False, owner=owner)
+    with _Beat(storage, study, owner):  # alive while it loads a big model too: the search keeps waiting
+        lm, ev = build_evaluator(attrs, recipe, device, study)
+        record = StudyRecord(storage, study, ev.fingerprint, ev.objective.name, ev.direction, attrs.get("units", []),
+                             RunInfo(algo="worker", extra=dict(device=str(lm.masked.device))), create=False,
+                             owner=owner)
+        return _serve(record, ev, lm, take, idle_exit, log)
+
+
+def _serve(record: StudyRecord, ev, lm, take: int, idle_exit: float | None, log) -> WorkerStats:
+    owner, study = record.owner, record.study_name
     stats = WorkerStats(owner)
-    record._heartbeat(always=True)
     log(f"worker {owner} ready on {lm.masked.device}: study {study!r}", flush=True)
     idle_since = time.monotonic()
     try:
@@ -111,11 +118,36 @@ def run_worker(storage: str, study: str, device: str = "auto", take: int = DEFAU
         pass
     finally:
         record.close()
-        with contextlib.suppress(Exception):  # gone on purpose: nobody should count on this worker
-            record.storage.set_study_system_attr(record.study_id, f"{HB_PREFIX}{owner}", 0.0)
     log(f"worker {owner} scored {stats.scored} masks in {stats.batches} takes ({stats.seconds:.2f} s scoring)",
         flush=True)
     return stats
+
+
+class _Beat:
+    """The worker's heartbeat for its whole life (``dpopt:hb:<owner>``); zeroed on a clean exit."""
+
+    def __init__(self, storage: str, study: str, owner: str):
+        self.storage = open_storage(storage)
+        self.study_id = self.storage.get_study_id_from_name(study)
+        self.key = f"{HB_PREFIX}{owner}"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="dpopt-worker-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(heartbeat_seconds()):
+            with contextlib.suppress(Exception):
+                self.storage.set_study_system_attr(self.study_id, self.key, time.time())
+
+    def __enter__(self):
+        self.storage.set_study_system_attr(self.study_id, self.key, time.time())
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(5)
+        with contextlib.suppress(Exception):  # gone on purpose: nobody should count on this worker
+            self.storage.set_study_system_attr(self.study_id, self.key, 0.0)
 
 
 def _stop_on_sigterm() -> None:
