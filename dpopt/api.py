@@ -5,6 +5,7 @@ The CLI only parses arguments and calls these; scripts and notebooks call them d
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -156,6 +157,9 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
         from .worker import LocalWorkers
 
         record.queue = True
+        if queue:  # the one thing a user must do next, on every machine with a GPU
+            print(f"dpopt: queueing each batch in study {record.study_name!r}; start workers with: dpopt worker "
+                  f"--storage {record.url} --study {record.study_name}", file=sys.stderr)
         if workers:
             pool = LocalWorkers(record.url, record.study_name, workers, device=str(lm.masked.device))
             record.monitor = pool.check

@@ -121,7 +121,7 @@ def _worker_parser(sub) -> None:
     w.add_argument("--storage", required=True, help="the search's storage URL (postgresql://... for many machines)")
     w.add_argument("--study", required=True, help="the search's study name")
     w.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1")
-    w.add_argument("--take", type=int, default=32, help="most masks taken at once, scored in one batched call")
+    w.add_argument("--take", type=int, default=64, help="most masks taken at once, scored in one batched call")
     w.add_argument("--idle-exit", type=float, default=None, help="exit after this many seconds with nothing queued")
 
 

@@ -513,11 +513,15 @@ class StudyRecord:
         """Block until others finish ``masks``; return the ones this process must score after all
         (their owner died, or released them)."""
         pending = list(masks)
+        delay = QUEUE_POLL_SECONDS if self.queue else POLL_SECONDS
         while pending:
-            time.sleep(QUEUE_POLL_SECONDS if self.queue else POLL_SECONDS)
+            time.sleep(delay)
             if self.queue:
                 self.check_workers()
+            before = len(pending)
             todo, pending = self.claim(pending, fidelity, memo, failures)
+            if self.queue:  # back off while nothing finishes: a poll costs the workers' CPU and the database
+                delay = QUEUE_POLL_SECONDS if len(pending) < before else min(delay * 1.5, 1.0)
             if todo:
                 return todo
         return []

@@ -25,7 +25,7 @@ from pathlib import Path
 from .errors import UserError
 from .tracking import HB_PREFIX, QUEUE_POLL_SECONDS, heartbeat_seconds, RunInfo, StudyRecord, _one_line, new_owner, open_storage
 
-DEFAULT_TAKE = 32
+DEFAULT_TAKE = 64
 
 
 @dataclass
@@ -169,6 +169,8 @@ class LocalWorkers:
         root = str(Path(__file__).resolve().parents[1])  # the same dpopt as this search
         env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         devices = _spread(device, n)
+        if devices[0] == "cpu" and "OMP_NUM_THREADS" not in env:  # share the cores, don't oversubscribe them
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
         self.procs = [subprocess.Popen([sys.executable, "-m", "dpopt.cli", "worker", "--storage", storage,
                                         "--study", study, "--device", devices[i]],
                                        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

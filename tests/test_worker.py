@@ -193,7 +193,7 @@ def _one_error(rc, err):
     return lines[0]
 
 
-def test_worker_bad_input(ck, text_file, tmp_path, capsys):
+def test_worker_bad_input(ck, text_file, tmp_path, capsys, monkeypatch):
     import dpopt
 
     db = f"sqlite:///{tmp_path}/b.db"
@@ -215,3 +215,7 @@ def test_worker_bad_input(ck, text_file, tmp_path, capsys):
     assert "cannot rebuild study 'q'" in line and str(model) in line
     line = _one_error(*cli(search_args(ck, text_file) + ["--storage", "none", "--workers", 2], capsys)[:3:2])
     assert "need a study storage" in line
+    monkeypatch.setenv("DPOPT_LEASE_SECONDS", "1")  # --queue and no worker ever comes: say so, don't hang
+    rc, _, err = cli(search_args(ck, text_file) + ["--storage", db, "--study", "lonely", "--queue"], capsys)
+    assert "start workers with: dpopt worker --storage" in err
+    assert "no dpopt worker has been alive on study 'lonely' for 1 s" in _one_error(rc, err)
