@@ -17,7 +17,12 @@ a search pays that once, not per batch. The queue overhead per mask is
 The storage is a throwaway PostgreSQL server (tests/services.py, Debian's package) when one
 can start, else a journal file; ``--storage URL`` picks one.
 
-    PYTHONPATH=. python benchmarks/workers.py
+Set ``OMP_NUM_THREADS=1`` on a shared or small machine: an oversubscribed OpenMP pool spins,
+and a 2-thread process then runs several times slower than a 1-thread one (measured here:
+direct scoring 4.2 s with the default 2 threads, 1.0 s with 1). ``--workers N`` on CPU
+already gives each worker ``cpu_count // N`` threads.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/workers.py
     PYTHONPATH=. python benchmarks/workers.py --masks 32 --repeats 1   # quicker
 """
 from __future__ import annotations
@@ -120,7 +125,8 @@ def main() -> None:
     n = len(batches[0])
     t_direct, t1, t2 = min(direct), min(queued[1]), min(queued[2])
     print(f"storage {storage.split('@')[0].split(':')[0]}, {os.cpu_count()} CPUs, tiny llama {args.blocks} blocks, "
-          f"kl on {args.tokens} tokens, {n} masks per batch, best of {args.repeats}")
+          f"kl on {args.tokens} tokens, {n} masks per batch, best of {args.repeats}, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print(f"direct (in process)  {n / t_direct:8.1f} masks/s   {t_direct:6.2f} s")
     print(f"1 worker (queue)     {n / t1:8.1f} masks/s   {t1:6.2f} s")
     print(f"2 workers (queue)    {n / t2:8.1f} masks/s   {t2:6.2f} s")
