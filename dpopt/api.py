@@ -5,6 +5,7 @@ The CLI only parses arguments and calls these; scripts and notebooks call them d
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +27,17 @@ def load(model: str = "smollm2-135m", device: str = "auto", dtype: str = "float3
     m, tok, source, weights = load_model(model, device=device, dtype=dtype)
     masked = MaskedModel(m)
     masked.verify()
-    return LoadedModel(m, tok, masked, source, path=weights)
+    lm = LoadedModel(m, tok, masked, source, path=weights)
+    lm.spec = _portable(model)  # as the user named it: what a worker loads again (dpopt worker)
+    return lm
+
+
+def _portable(spec: str | None) -> str | None:
+    """A local path made absolute (a worker may start elsewhere); a zoo name or hub id as given."""
+    if spec is None:
+        return None
+    p = Path(spec).expanduser()
+    return str(p.resolve()) if p.exists() else spec
 
 
 def mask_from_removed(lm: LoadedModel, remove: str | Sequence[int]) -> LayerMask:
@@ -60,8 +71,13 @@ def make_evaluator(lm: LoadedModel, objective: str = "ppl", data: str | None = N
         "split": split,
         "data_seed": data_seed,
     }
-    return Evaluator(lm, obj, prefix_sharing=prefix_sharing, cache_mb=cache_mb, memory_mb=memory_mb,
-                     fingerprint=Fingerprint(settings))
+    ev = Evaluator(lm, obj, prefix_sharing=prefix_sharing, cache_mb=cache_mb, memory_mb=memory_mb,
+                   fingerprint=Fingerprint(settings))
+    # the recipe: how `dpopt worker` rebuilds this evaluator on another process or machine
+    ev.recipe = dict(model=lm.spec or lm.source, dtype=settings["dtype"], objective=objective,
+                     data=_portable(data), tasks=_portable(tasks), split=split, data_seed=data_seed,
+                     prefix_sharing=prefix_sharing, options=options)
+    return ev
 
 
 def export(lm: LoadedModel, remove: str | Sequence[int], out: str, force: bool = False) -> Path:
@@ -88,7 +104,7 @@ def open_record(lm: LoadedModel, evaluator: Evaluator, algo: str, k: int, seed: 
                        evaluator.fingerprint, evaluator.objective.name, evaluator.direction,
                        [f"{i:02d}" for i in range(lm.n_blocks)],
                        RunInfo(algo=algo, seed=seed, extra=dict(k=k, model=lm.source, **(extra or {}))),
-                       candidate_size=k)
+                       candidate_size=k, recipe=evaluator.recipe)
 
 
 def make_searcher(algo: str, constraint, evaluator: Evaluator, seed: int, options: dict | None = None):
@@ -113,8 +129,14 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
            sparsity: float | None = None, protect: str | Sequence[int] | None = None,
            budget: int | None = 200, seconds: float | None = None, seed: int = 0,
            storage: str | None = None, study: str | None = None, output: str | None = None,
-           progress: bool = True, algo_options: dict | None = None) -> SearchResult:
-    """Run one searcher against the evaluator, every evaluation recorded in the study; return the result."""
+           progress: bool = True, algo_options: dict | None = None, workers: int = 0,
+           queue: bool = False) -> SearchResult:
+    """Run one searcher against the evaluator, every evaluation recorded in the study; return the result.
+
+    ``workers=N`` scores every batch on N local ``dpopt worker`` processes through the study's
+    queue; ``queue=True`` only enqueues, for workers started by hand (other GPUs, machines).
+    Either way the searcher asks the same masks and gets the same values as in one process.
+    """
     from .genome import Constraint
     from .optim import Budget, run_search
     from .tracking import DEFAULT_STORAGE
@@ -125,7 +147,22 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
         check_writable(output)
     searcher = make_searcher(algo, constraint, evaluator, seed, algo_options)
     objective_name = evaluator.objective.name
+    if (workers or queue) and storage == "none":
+        raise UserError("--workers/--queue need a study storage for the queue: give --storage URL, not none")
+    if workers < 0:
+        raise UserError(f"--workers must be 0 or more, got {workers}")
     record = open_record(lm, evaluator, algo, constraint.k, seed, storage, study)
+    pool = None
+    if workers or queue:
+        from .worker import LocalWorkers
+
+        record.queue = True
+        if queue:  # the one thing a user must do next, on every machine with a GPU
+            print(f"dpopt: queueing each batch in study {record.study_name!r}; start workers with: dpopt worker "
+                  f"--storage {record.url} --study {record.study_name}", file=sys.stderr)
+        if workers:
+            pool = LocalWorkers(record.url, record.study_name, workers, device=str(lm.masked.device))
+            record.monitor = pool.check
     bar = _progress_bar(budget, f"{algo}", enabled=progress)
     start = time.perf_counter()
 
@@ -144,6 +181,8 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
     finally:
         if bar is not None:
             bar.close()
+        if pool is not None:
+            pool.stop()
     sign = 1 if evaluator.direction == "minimize" else -1
     settings = evaluator.fingerprint.settings
     result = SearchResult(

@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="searcher option, e.g. --option population=48 (repeatable)")
     s.add_argument("--no-progress", action="store_true")
+    _queue_args(s)
 
     e = sub.add_parser("eval", help="score a mask (and the dense model) on held-out data")
     _model_args(e)
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--random-masks", type=int, default=20,
                     help="random valid masks added to the final masks for the rank correlations (default 20)")
 
+    _worker_parser(sub)
     sub.add_parser("models", help="list the model zoo")
     sub.add_parser("data", help="list the data zoo")
     sub.add_parser("algos", help="list the searchers")
@@ -220,6 +222,36 @@ def cmd_study(a) -> int:
     return 0
 
 
+def _queue_args(s: argparse.ArgumentParser) -> None:
+    """``search``'s scale-out flags: score batches on worker processes through the study."""
+    q = s.add_mutually_exclusive_group()
+    q.add_argument("--workers", type=int, default=0,
+                   help="score each batch on N local `dpopt worker` processes via the study (one per GPU)")
+    q.add_argument("--queue", action="store_true",
+                   help="only enqueue each batch in the study; `dpopt worker` processes started by hand score it")
+
+
+def _worker_parser(sub) -> None:
+    w = sub.add_parser("worker", help="score the masks a search queued in its study (one per GPU or machine)")
+    w.add_argument("--storage", required=True, help="the search's storage URL (postgresql://... for many machines)")
+    w.add_argument("--study", required=True, help="the search's study name")
+    w.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1")
+    w.add_argument("--take", type=int, default=64, help="most masks taken at once, scored in one batched call")
+    w.add_argument("--idle-exit", type=float, default=None, help="exit after this many seconds with nothing queued")
+
+
+def cmd_worker(a) -> int:
+    from .worker import _stop_on_sigterm, run_worker
+
+    _stop_on_sigterm()
+    run_worker(a.storage, a.study, device=a.device, take=a.take, idle_exit=a.idle_exit)
+    return 0
+
+
+def _queue_options(a) -> dict:
+    return dict(workers=a.workers, queue=a.queue)
+
+
 def _parse_option(text: str):
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -251,7 +283,7 @@ def cmd_search(a) -> int:
                             **_objective_options(a))
     res = api.search(lm, ev, a.algo, remove=a.remove, sparsity=a.sparsity, protect=a.protect, budget=a.budget,
                      seconds=a.time_budget, seed=a.seed, storage=a.storage, study=a.study, output=a.output,
-                     progress=not a.no_progress, algo_options=options)
+                     progress=not a.no_progress, algo_options=options, **_queue_options(a))
     print(f"best mask: remove {res.removed_layers} of {res.n_blocks} blocks ({a.algo}, {res.evaluations} evaluations, "
           f"{res.wall_seconds:.1f} s)")
     print(f"{res.objective}: {res.fitness:.6g}  (dense model: {res.dense_fitness:.6g})")
@@ -364,7 +396,8 @@ def cmd_dashboard(a) -> int:
 
 
 COMMANDS = {"search": cmd_search, "eval": cmd_eval, "export": cmd_export, "models": cmd_models, "data": cmd_data,
-            "algos": cmd_algos, "compare": cmd_compare, "study": cmd_study, "fetch": cmd_fetch, "dashboard": cmd_dashboard}
+            "algos": cmd_algos, "compare": cmd_compare, "study": cmd_study, "fetch": cmd_fetch,
+            "dashboard": cmd_dashboard, "worker": cmd_worker}
 
 
 def main(argv: list[str] | None = None) -> int:

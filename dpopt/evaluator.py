@@ -32,6 +32,7 @@ class LoadedModel:
     masked: Any  # MaskedModel
     source: str = ""
     path: str | None = None  # the checkpoint folder or GGUF file it was loaded from, if any
+    spec: str | None = None  # --model as the user gave it (a path made absolute): what a worker loads again
     _identity: dict | None = field(default=None, repr=False)
 
     @property
@@ -108,6 +109,7 @@ class Evaluator(MemoEvaluator):
         self.objective = objective
         self.direction = objective.direction
         self.fingerprint = fingerprint
+        self.recipe: dict | None = None  # how `dpopt worker` rebuilds this evaluator (set by make_evaluator)
         self.units_scored = 0  # tokens (or questions) pushed through a head: the grid's real work
         self.prefix_sharing = prefix_sharing
         # Defaults scale with the model so that the evaluator's extra memory stays a

@@ -80,6 +80,11 @@ class MemoEvaluator:
             waiting = [m for m in waiting if (m.key(), fid) not in self.memo]
         return np.array([self.sign(self.memo[(m.key(), fid)]) for m in masks], dtype=float)
 
+    def score_claimed(self, masks: Sequence[LayerMask], fidelity: int | None) -> None:
+        """Score masks this process already holds in the record (a worker's take) in one batched
+        call, completing their trials; interrupted, they go back to the queue."""
+        self._compute(list(dict.fromkeys(masks)), fidelity)
+
     def _compute(self, todo: list[LayerMask], fid: int | None) -> None:
         if not todo:
             return

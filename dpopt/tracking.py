@@ -17,6 +17,12 @@
   RUNNING one whose owner is alive is waited for; one whose owner died (same host and its
   pid is gone, or no heartbeat for ``DPOPT_LEASE_SECONDS``) is adopted. Two processes on one
   study therefore never score the same mask twice, and a killed run loses nothing.
+* **The queue.** In queue mode (``dpopt search --workers N`` or ``--queue``) a claim creates
+  WAITING trials instead and waits: ``dpopt worker`` processes (:mod:`dpopt.worker`) take
+  them with Optuna's atomic WAITING->RUNNING transition, score them and complete them. A
+  stale RUNNING trial goes back to WAITING (not FAIL: one trial per evaluation, never a
+  duplicate row), so another worker scores it; the study carries the ``recipe`` a worker
+  rebuilds the evaluator from, and its fingerprint decides whether the worker may.
 
 SQLite (the default) serialises writers with a lock file beside the database; for many
 processes or machines give a PostgreSQL URL (an advisory lock) or ``journal:FILE``.
@@ -44,11 +50,20 @@ from .genome import LayerMask
 DEFAULT_STORAGE = "sqlite:///dpopt-studies.db"
 HEARTBEAT_SECONDS = 5.0
 POLL_SECONDS = 0.5
+QUEUE_POLL_SECONDS = 0.1
 
 
 def lease_seconds() -> float:
     """How long a claim survives without a heartbeat before another process adopts it."""
     return float(os.environ.get("DPOPT_LEASE_SECONDS", "60"))
+
+
+def heartbeat_seconds() -> float:
+    """Beat well inside the lease, so a live owner never looks stale under a short lease."""
+    return max(0.05, min(HEARTBEAT_SECONDS, lease_seconds() / 4))
+
+
+HB_PREFIX = "dpopt:hb:"
 
 
 # --- fingerprint ----------------------------------------------------------------------------
@@ -260,7 +275,7 @@ class StudyRecord:
 
     def __init__(self, storage: str, study_name: str, fingerprint: Fingerprint, metric: str, direction: str,
                  unit_names: Sequence[str], run: RunInfo | None = None, create: bool = True,
-                 candidate_size: int | None = None):
+                 candidate_size: int | None = None, recipe: dict | None = None, owner: str | None = None):
         import optuna
         from optuna.distributions import IntDistribution
 
@@ -273,7 +288,10 @@ class StudyRecord:
         self.run = run or RunInfo()
         self.candidate_size = candidate_size
         self.batch: int | None = None
-        self.owner = new_owner()
+        self.owner = owner or new_owner()
+        self.recipe = recipe
+        self.queue = False  # True: claims enqueue WAITING trials for workers instead of scoring here
+        self.monitor = None  # queue mode: called while waiting; raises when the workers cannot finish
         self.storage = open_storage(storage)
         self._lock = _make_lock(storage, self.storage, study_name)
         self.study = self._open_study(create)
@@ -310,6 +328,8 @@ class StudyRecord:
             study.set_user_attr("fingerprint", self.fingerprint.digest)
             study.set_user_attr("settings", self.fingerprint.settings)
             study.set_user_attr("units", self.unit_names)
+        if self.recipe is not None and "recipe" not in attrs:
+            study.set_user_attr("recipe", self.recipe)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # experimental in Optuna, and what the dashboard reads
                 study.set_metric_names([self.metric])
@@ -391,7 +411,7 @@ class StudyRecord:
         template = FrozenTrial(number=-1, state=state, value=None, values=[value] if value is not None else None,
                                datetime_start=now, datetime_complete=now if finished else None,
                                params=self._params(mask), distributions=self.distributions, user_attrs=attrs,
-                               system_attrs={"dpopt:owner": self.owner} if not finished else {},
+                               system_attrs={"dpopt:owner": self.owner} if state == TrialState.RUNNING else {},
                                intermediate_values={}, trial_id=-1)
         return self.storage.create_new_trial(self.study_id, template_trial=template)
 
@@ -403,7 +423,7 @@ class StudyRecord:
         pid = int(rest.partition(":")[0] or 0)
         if host == socket.gethostname() and pid and not _pid_alive(pid):
             return True
-        beat = self.storage.get_study_system_attrs(self.study_id).get(f"dpopt:hb:{owner}")
+        beat = self.storage.get_study_system_attrs(self.study_id).get(f"{HB_PREFIX}{owner}")
         started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
         return time.time() - max(beat or 0.0, started) > lease_seconds()
 
@@ -430,6 +450,10 @@ class StudyRecord:
                             self._new_trial(m, fidelity, TrialState.FAIL, reason=failures.get(m.key(), "non-finite value"),
                                             computed=False)
                         continue
+                    if self.queue:
+                        self._new_trial(m, fidelity, TrialState.WAITING)
+                        waiting.append(m)
+                        continue
                     self._mine[k] = self._new_trial(m, fidelity, TrialState.RUNNING)
                     todo.append(m)
                 elif t.state in (TrialState.COMPLETE, TrialState.PRUNED):
@@ -439,6 +463,10 @@ class StudyRecord:
                     failures.setdefault(m.key(), t.user_attrs.get("failure", "failed"))
                 elif k in memo:
                     continue  # someone else is scoring it, but we already know the value
+                elif self.queue:
+                    if t.state == TrialState.RUNNING and self._stale(t):  # its worker died: back to the queue
+                        self.storage.set_trial_state_values(t._trial_id, TrialState.WAITING)
+                    waiting.append(m)
                 elif t.state == TrialState.WAITING:
                     if self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
                         self._take(t, k)
@@ -497,25 +525,83 @@ class StudyRecord:
         """Block until others finish ``masks``; return the ones this process must score after all
         (their owner died, or released them)."""
         pending = list(masks)
+        delay = QUEUE_POLL_SECONDS if self.queue else POLL_SECONDS
         while pending:
-            time.sleep(POLL_SECONDS)
+            time.sleep(delay)
+            if self.queue:
+                self.check_workers()
+            before = len(pending)
             todo, pending = self.claim(pending, fidelity, memo, failures)
+            if self.queue:  # back off while nothing finishes: a poll costs the workers' CPU and the database
+                delay = QUEUE_POLL_SECONDS if len(pending) < before else min(delay * 1.5, 1.0)
             if todo:
                 return todo
         return []
 
     # --- liveness ------------------------------------------------------------------------------
-    def _heartbeat(self) -> None:
-        self.storage.set_study_system_attr(self.study_id, f"dpopt:hb:{self.owner}", time.time())
+    def _heartbeat(self, always: bool = False) -> None:
+        """Beat now and from a thread: while this process holds claims (``always``: a worker, idle too)."""
+        self.storage.set_study_system_attr(self.study_id, f"{HB_PREFIX}{self.owner}", time.time())
         if self._hb_thread is None:
             def beat() -> None:
-                while not self._hb_stop.wait(HEARTBEAT_SECONDS):
-                    if self._mine:
+                while not self._hb_stop.wait(heartbeat_seconds()):
+                    if self._mine or always:
                         with contextlib.suppress(Exception):
-                            self.storage.set_study_system_attr(self.study_id, f"dpopt:hb:{self.owner}", time.time())
+                            self.storage.set_study_system_attr(self.study_id, f"{HB_PREFIX}{self.owner}", time.time())
 
             self._hb_thread = threading.Thread(target=beat, name="dpopt-heartbeat", daemon=True)
             self._hb_thread.start()
 
     def close(self) -> None:
         self._hb_stop.set()
+
+    # --- the queue (dpopt worker) ------------------------------------------------------------------
+    def live_workers(self) -> list[str]:
+        """Owners other than this process whose heartbeat is inside the lease."""
+        now, lease = time.time(), lease_seconds()
+        attrs = self.storage.get_study_system_attrs(self.study_id)
+        return [k[len(HB_PREFIX):] for k, v in attrs.items()
+                if k.startswith(HB_PREFIX) and k[len(HB_PREFIX):] != self.owner and now - float(v) <= lease]
+
+    def check_workers(self) -> None:
+        """Queue mode: never wait forever. The monitor (spawned workers) decides first; without
+        one, no worker heartbeat for the whole lease while masks wait is a UserError."""
+        if self.monitor is not None:
+            self.monitor()
+            return
+        now = time.time()
+        if self.live_workers():
+            self._last_worker_seen = now
+            return
+        seen = getattr(self, "_last_worker_seen", None)
+        if seen is None:
+            self._last_worker_seen = seen = now
+        if now - seen > lease_seconds():
+            raise UserError(f"no dpopt worker has been alive on study {self.study_name!r} for {lease_seconds():g} s "
+                            f"(DPOPT_LEASE_SECONDS) and masks are waiting; start one with: dpopt worker --storage "
+                            f"{self.url} --study {self.study_name} (the queued masks stay in the study)")
+
+    def take(self, limit: int) -> dict[Any, list[LayerMask]]:
+        """A worker takes up to ``limit`` WAITING trials (atomically: each goes to one worker),
+        grouped by fidelity; its share is the queue split over the live workers, so a
+        generation spreads over all of them and each still scores several at once."""
+        from optuna.trial import TrialState
+
+        taken: dict[Any, list[LayerMask]] = {}
+        with self._lock():
+            waiting = self.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.WAITING,))
+            if not waiting:
+                return taken
+            share = max(1, math.ceil(len(waiting) / (len(self.live_workers()) + 1)))
+            for t in sorted(waiting, key=lambda t: t.number)[: min(limit, share)]:
+                mask = self.mask_of(t.params)
+                if mask is None or not self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+                    continue
+                fid = t.user_attrs.get("fidelity")
+                self.storage.set_trial_system_attr(t._trial_id, "dpopt:owner", self.owner)
+                self.storage.set_trial_user_attr(t._trial_id, "workers", list(t.user_attrs.get("workers", [])) + [self.owner])
+                self._mine[(mask.key(), fid)] = t._trial_id
+                taken.setdefault(fid, []).append(mask)
+        if taken:
+            self._heartbeat()
+        return taken

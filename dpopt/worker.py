@@ -1,0 +1,218 @@
+"""``dpopt worker``: score the masks a search queued in its study, on this device.
+
+The study is the work queue; dpopt adds no scheduler. A search in queue mode
+(``--workers N`` or ``--queue``) creates each mask it asks for as a WAITING trial and waits;
+a worker rebuilds the search's evaluator from the study's ``recipe`` (and refuses when its
+fingerprint differs: other weights, other data), takes a share of the WAITING trials with
+Optuna's atomic WAITING->RUNNING transition, scores them in one batched call per fidelity
+(so prefix sharing still pays), and completes them. Its heartbeat marks it alive; a worker
+that dies leaves RUNNING trials whose owner is gone, and the waiting search puts them back
+in the queue for another worker.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .tracking import HB_PREFIX, QUEUE_POLL_SECONDS, heartbeat_seconds, RunInfo, StudyRecord, _one_line, new_owner, open_storage
+
+DEFAULT_TAKE = 64
+
+
+@dataclass
+class WorkerStats:
+    owner: str
+    scored: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+
+def study_recipe(storage: str, study: str) -> tuple[dict, dict]:
+    """(user attrs, recipe) of a queued study; a missing study or recipe is a UserError."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = open_storage(storage)
+    try:
+        study_id = st.get_study_id_from_name(study)
+    except KeyError:
+        raise UserError(f"no study named {study!r} in {storage}") from None
+    except Exception as exc:
+        raise UserError(f"cannot read storage {storage}: {_one_line(exc)}") from None
+    attrs = st.get_study_user_attrs(study_id)
+    recipe = attrs.get("recipe")
+    if not recipe or "fingerprint" not in attrs:
+        raise UserError(f"study {study!r} in {storage} has no dpopt recipe (only a search run with --workers "
+                        "or --queue can be scored by workers)")
+    return attrs, recipe
+
+
+def build_evaluator(attrs: dict, recipe: dict, device: str, study: str):
+    """Rebuild the search's evaluator here; refuse unless it reproduces the study's fingerprint."""
+    from . import api
+    from .tracking import Fingerprint
+
+    try:
+        lm = api.load(recipe["model"], device, recipe.get("dtype", "float32"))
+        ev = api.make_evaluator(lm, recipe["objective"], data=recipe.get("data"), tasks=recipe.get("tasks"),
+                                split=recipe["split"], data_seed=recipe["data_seed"],
+                                prefix_sharing=recipe.get("prefix_sharing", True), **recipe.get("options", {}))
+    except UserError as exc:
+        raise UserError(f"this worker cannot rebuild study {study!r}'s evaluator: {exc}") from None
+    if ev.fingerprint.digest != attrs["fingerprint"]:
+        diff = ev.fingerprint.differences(attrs.get("settings", {}))
+        raise UserError(f"study {study!r} was recorded with another model or data than this worker has "
+                        f"({'; '.join(diff[:3]) or 'fingerprint differs'}); refusing to score it")
+    return lm, ev
+
+
+def run_worker(storage: str, study: str, device: str = "auto", take: int = DEFAULT_TAKE,
+               idle_exit: float | None = None, log=print) -> WorkerStats:
+    """Take, score, complete, until stopped (SIGINT/SIGTERM) or idle for ``idle_exit`` seconds.
+
+    Stopped mid-batch, the claims go back to the queue (WAITING) for another worker.
+    """
+    if take < 1:
+        raise UserError(f"--take must be at least 1, got {take}")
+    attrs, recipe = study_recipe(storage, study)
+    owner = new_owner()
+    with _Beat(storage, study, owner):  # alive while it loads a big model too: the search keeps waiting
+        lm, ev = build_evaluator(attrs, recipe, device, study)
+        record = StudyRecord(storage, study, ev.fingerprint, ev.objective.name, ev.direction, attrs.get("units", []),
+                             RunInfo(algo="worker", extra=dict(device=str(lm.masked.device))), create=False,
+                             owner=owner)
+        return _serve(record, ev, lm, take, idle_exit, log)
+
+
+def _serve(record: StudyRecord, ev, lm, take: int, idle_exit: float | None, log) -> WorkerStats:
+    owner, study = record.owner, record.study_name
+    stats = WorkerStats(owner)
+    log(f"worker {owner} ready on {lm.masked.device}: study {study!r}", flush=True)
+    idle_since = time.monotonic()
+    try:
+        with ev.recording(record):
+            while True:
+                taken = record.take(take)
+                if not taken:
+                    if idle_exit is not None and time.monotonic() - idle_since > idle_exit:
+                        break
+                    time.sleep(QUEUE_POLL_SECONDS)
+                    continue
+                start = time.perf_counter()
+                for fid, masks in taken.items():
+                    ev.score_claimed(masks, fid)
+                    stats.scored += len(masks)
+                stats.batches += 1
+                stats.seconds += time.perf_counter() - start
+                idle_since = time.monotonic()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        record.close()
+    log(f"worker {owner} scored {stats.scored} masks in {stats.batches} takes ({stats.seconds:.2f} s scoring)",
+        flush=True)
+    return stats
+
+
+class _Beat:
+    """The worker's heartbeat for its whole life (``dpopt:hb:<owner>``); zeroed on a clean exit."""
+
+    def __init__(self, storage: str, study: str, owner: str):
+        self.storage = open_storage(storage)
+        self.study_id = self.storage.get_study_id_from_name(study)
+        self.key = f"{HB_PREFIX}{owner}"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="dpopt-worker-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(heartbeat_seconds()):
+            with contextlib.suppress(Exception):
+                self.storage.set_study_system_attr(self.study_id, self.key, time.time())
+
+    def __enter__(self):
+        self.storage.set_study_system_attr(self.study_id, self.key, time.time())
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(5)
+        with contextlib.suppress(Exception):  # gone on purpose: nobody should count on this worker
+            self.storage.set_study_system_attr(self.study_id, self.key, 0.0)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM as Ctrl-C: release the claims in hand, report, exit cleanly."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+class LocalWorkers:
+    """``dpopt search --workers N``: N worker processes on this machine, one per GPU when
+    there are several, stopped when the search ends."""
+
+    def __init__(self, storage: str, study: str, n: int, device: str = "cpu"):
+        self.logs = [tempfile.NamedTemporaryFile("w+", prefix=f"dpopt-worker{i}-", suffix=".log", delete=False)
+                     for i in range(n)]
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[1])  # the same dpopt as this search
+        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        devices = _spread(device, n)
+        if devices[0] == "cpu" and "OMP_NUM_THREADS" not in env:  # share the cores, don't oversubscribe them
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
+        self.procs = [subprocess.Popen([sys.executable, "-m", "dpopt.cli", "worker", "--storage", storage,
+                                        "--study", study, "--device", devices[i]],
+                                       env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                      for i, log in enumerate(self.logs)]
+
+    def check(self) -> None:
+        """Never wait on workers that are all gone: say why in one line."""
+        if any(p.poll() is None for p in self.procs):
+            return
+        reason = ""
+        for log in self.logs:
+            log.flush()
+            lines = [ln for ln in Path(log.name).read_text(errors="replace").splitlines() if ln.strip()]
+            if lines:
+                reason = lines[-1].removeprefix("dpopt: error: ")
+                break
+        raise UserError(f"all {len(self.procs)} local workers exited ({reason or 'no output'}); the queued masks "
+                        "stay in the study")
+
+    def stop(self, timeout: float = 30) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for log in self.logs:
+            log.close()
+            with contextlib.suppress(OSError):
+                os.unlink(log.name)
+
+
+def _spread(device: str, n: int) -> list[str]:
+    """One GPU per worker when the machine has several; else every worker on ``device``."""
+    if device.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count()
+        if count > 1:
+            return [f"cuda:{i % count}" for i in range(n)]
+    return [device] * n
