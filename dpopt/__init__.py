@@ -6,7 +6,7 @@ The Python API (what the CLI calls)::
     lm = dpopt.load("smollm2-135m")
     ev = dpopt.make_evaluator(lm, "ppl", data="wikipedia")
     result = dpopt.search(lm, ev, "genetic", remove=6, budget=200)
-    dpopt.export(lm, result.removed_layers, "pruned/")
+    dpopt.export(lm, result.removed_units, "pruned/")
 """
 __version__ = "0.1.0"
 
