@@ -14,6 +14,7 @@ removed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -158,7 +159,7 @@ class UnitSpace:
     def n_units(self) -> int:
         return len(self.units)
 
-    @property
+    @cached_property
     def bounds(self) -> tuple[int, ...]:
         """``bounds[l]``: index of block ``l``'s first unit; ``bounds[n_blocks] = n_units``."""
         out = [0] * (self.n_blocks + 1)
