@@ -6,7 +6,7 @@ The Python API (what the CLI calls)::
     lm = dpopt.load("smollm2-135m")
     ev = dpopt.make_evaluator(lm, "ppl", data="wikipedia")
     result = dpopt.search(lm, ev, "genetic", remove=6, budget=200)
-    dpopt.export(lm, result.removed_layers, "pruned/")
+    dpopt.export(lm, result.removed_units, "pruned/")
     grid = dpopt.compare(lm, "kl", algos="greedy,random", remove=6, budget=100, seeds=3, report="cmp/")
     both = dpopt.study(lm, "ppl,kl", algos="greedy,random", remove=6, budget=100, seeds=3, report="study/")
 """

@@ -14,7 +14,7 @@ from typing import Sequence
 from .data import DEFAULT_DATA_SEED, DEFAULT_TEXT
 from .errors import UserError
 from .evaluator import Evaluator, LoadedModel
-from .genome import LayerMask, parse_index_list
+from .genome import LayerMask, UnitSpace, parse_index_list
 from .objectives import DEFAULT_TASKS
 from .result import SearchResult, write_json  # noqa: F401  (write_json: public helper)
 from .tracking import Fingerprint
@@ -47,16 +47,81 @@ def mask_from_removed(lm: LoadedModel, remove: str | Sequence[int]) -> LayerMask
     return LayerMask.from_removed(lm.n_blocks, removed)
 
 
+UNIT_SPACES = ("block", "sublayer")
+
+
+def unit_space(lm: LoadedModel, units: str | UnitSpace = "block", tie: bool = False) -> UnitSpace:
+    """The search space's units: ``block`` (one bit per block) or ``sublayer`` (attention and MLP
+    of each block, ``attn.I``/``mlp.I`` in execution order; with ``tie`` one bit removes both)."""
+    if isinstance(units, UnitSpace):
+        return units
+    if units not in UNIT_SPACES:
+        raise UserError(f"--units must be one of {', '.join(UNIT_SPACES)}, got {units!r}")
+    if units == "block":
+        if tie:
+            raise UserError("--tie ties a block's attention and MLP units: it needs --units sublayer")
+        return UnitSpace.blocks(lm.n_blocks)
+    return UnitSpace.sublayers(lm.n_blocks, lm.masked.sublayer_names(), tie=tie)  # one-line UserError if unsplittable
+
+
+def parse_removed_units(lm: LoadedModel, remove: str | Sequence | None) -> tuple[UnitSpace, LayerMask]:
+    """``"attn.3,mlp.7,12"`` -> a space holding those units and the mask removing them.
+
+    Plain integers (negative from the end) and ``block.I`` are whole blocks; with only
+    whole blocks the space is the block space, so ``--remove 3,7`` means what it always did.
+    A block named whole and by a sub-layer is removed whole.
+    """
+    from .models.units import parse_unit
+
+    if remove is None:
+        remove = ""
+    parts = [p.strip() for p in (remove.replace(" ", ",").split(",") if isinstance(remove, str) else map(str, remove))]
+    n = lm.n_blocks
+    whole: set[int] = set()
+    subs: list[tuple[str, int]] = []
+    for part in filter(None, parts):
+        if part.lstrip("-").isdigit():
+            whole.update(parse_index_list([int(part)], n, "block index"))
+            continue
+        if part.partition(".")[0] not in ("block",):
+            lm.masked.require_sublayers()  # attn.I on a family that cannot split blocks: one line
+        kinds = lm.masked.family.sublayers or {}
+        kind, block = parse_unit(part, n, tuple(kinds))
+        if kind == "block":
+            whole.add(block)
+        else:
+            subs.append((kind, block))
+    if len(whole) >= n:
+        raise UserError(f"cannot remove all {n} blocks")
+    subs = [(k, b) for k, b in subs if b not in whole]
+    if not subs:
+        return UnitSpace.blocks(n), LayerMask.from_removed(n, sorted(whole))
+    space = UnitSpace.sublayers(n, lm.masked.sublayer_names(), whole=whole)
+    names = [f"block.{b}" for b in sorted(whole)] + sorted({f"{k}.{b}" for k, b in subs})
+    return space, space.mask(names)
+
+
+def removed_unit_names(lm: LoadedModel, space: UnitSpace, mask: LayerMask) -> list[str]:
+    """The canonical names of what ``mask`` removes (``block.I`` where a whole block goes)."""
+    from .models.units import plan_units
+
+    return plan_units(lm.masked, space.removed_names(mask)).names()
+
+
 def make_evaluator(lm: LoadedModel, objective: str = "ppl", data: str | None = None, tasks: str | None = None,
                    split: str = "calib", data_seed: int = DEFAULT_DATA_SEED, prefix_sharing: bool = True,
-                   cache_mb: float | None = None, memory_mb: float | None = None, **options) -> Evaluator:
+                   cache_mb: float | None = None, memory_mb: float | None = None,
+                   units: str | UnitSpace = "block", tie: bool = False, **options) -> Evaluator:
     """Build the objective on its data split, prepare it once, and wrap it in the evaluator.
 
     The evaluator's fingerprint names everything that decides its values, so a study never
-    mixes values measured under other settings.
+    mixes values measured under other settings. ``units`` (see :func:`unit_space`) decides
+    what a mask's bits mean; a non-block space puts its unit names in the fingerprint (the
+    block space leaves it out, so block studies recorded before unit spaces still resume).
     """
     from .objectives import build_objective, uses_tasks
 
+    space = unit_space(lm, units, tie)  # fails before the data is read
     options = {k: v for k, v in options.items() if v is not None}
     obj, obj_data = build_objective(objective, data=data, tasks=tasks, split=split, seed=data_seed, **options)
     obj.prepare(lm, obj_data)
@@ -71,26 +136,31 @@ def make_evaluator(lm: LoadedModel, objective: str = "ppl", data: str | None = N
         "split": split,
         "data_seed": data_seed,
     }
+    if space.kind != "block":
+        settings["units"] = list(space.names)
     ev = Evaluator(lm, obj, prefix_sharing=prefix_sharing, cache_mb=cache_mb, memory_mb=memory_mb,
-                   fingerprint=Fingerprint(settings))
+                   fingerprint=Fingerprint(settings), units=space)
     # the recipe: how `dpopt worker` rebuilds this evaluator on another process or machine
     ev.recipe = dict(model=lm.spec or lm.source, dtype=settings["dtype"], objective=objective,
                      data=_portable(data), tasks=_portable(tasks), split=split, data_seed=data_seed,
-                     prefix_sharing=prefix_sharing, options=options)
+                     prefix_sharing=prefix_sharing, units="block" if space.kind == "block" else "sublayer",
+                     tie=space.kind == "sublayer-tied", options=options)
     return ev
 
 
-def export(lm: LoadedModel, remove: str | Sequence[int], out: str, force: bool = False) -> Path:
-    from .models.export import export_pruned, prepare_out_dir
+def export(lm: LoadedModel, remove: str | Sequence, out: str, force: bool = False) -> Path:
+    """Write the model without the ``remove`` units (``"attn.3,mlp.7,12"``; integers are blocks)."""
+    from .models.export import export_pruned_units, prepare_out_dir
 
-    mask = mask_from_removed(lm, remove)
+    space, mask = parse_removed_units(lm, remove)
     prepare_out_dir(out, force)
-    return export_pruned(lm.masked, lm.tokenizer, mask, out, source=lm.source, force=force)
+    return export_pruned_units(lm.masked, lm.tokenizer, space.removed_names(mask), out, source=lm.source, force=force)
 
 
 def default_study_name(lm: LoadedModel, evaluator: Evaluator, algo: str, k: int, seed: int) -> str:
     """Named after the settings, so a changed setting opens a new study instead of a stale one."""
-    return f"{Path(lm.source).name}-{evaluator.objective.name}-{algo}-k{k}-seed{seed}-{evaluator.fingerprint.short}"
+    units = "" if evaluator.units.kind == "block" else f"-{evaluator.units.kind}"
+    return f"{Path(lm.source).name}-{evaluator.objective.name}{units}-{algo}-k{k}-seed{seed}-{evaluator.fingerprint.short}"
 
 
 def open_record(lm: LoadedModel, evaluator: Evaluator, algo: str, k: int, seed: int, storage: str | None,
@@ -102,9 +172,16 @@ def open_record(lm: LoadedModel, evaluator: Evaluator, algo: str, k: int, seed: 
         return None
     return StudyRecord(storage or DEFAULT_STORAGE, study or default_study_name(lm, evaluator, algo, k, seed),
                        evaluator.fingerprint, evaluator.objective.name, evaluator.direction,
-                       [f"{i:02d}" for i in range(lm.n_blocks)],
+                       _record_unit_names(evaluator.units),
                        RunInfo(algo=algo, seed=seed, extra=dict(k=k, model=lm.source, **(extra or {}))),
                        candidate_size=k, recipe=evaluator.recipe)
+
+
+def _record_unit_names(space: UnitSpace) -> list[str]:
+    """Trial params ``keep_<unit>``: ``keep_00`` for blocks (as recorded before unit spaces), else ``keep_attn.3``."""
+    if space.kind == "block":
+        return [f"{i:02d}" for i in range(space.n_blocks)]
+    return list(space.names)
 
 
 def make_searcher(algo: str, constraint, evaluator: Evaluator, seed: int, options: dict | None = None):
@@ -118,6 +195,8 @@ def make_searcher(algo: str, constraint, evaluator: Evaluator, seed: int, option
                         "subclass dpopt.optim.SearcherBase")
     options = dict(options or {})
     if factory.needs_block_stats:
+        if getattr(evaluator, "units", None) is not None and evaluator.units.kind != "block":
+            raise UserError(f"--algo {algo} ranks whole blocks by their hidden states; use --units block")
         options["stats"] = evaluator.block_stats()
     try:
         return factory(constraint, seed=seed, **options)
@@ -141,7 +220,8 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
     from .optim import Budget, run_search
     from .tracking import DEFAULT_STORAGE
 
-    constraint = Constraint.build(lm.n_blocks, remove=remove, sparsity=sparsity, protect=protect)
+    space = evaluator.units
+    constraint = Constraint.build(space.n_units, remove=remove, sparsity=sparsity, protect=protect, space=space)
     limits = Budget(budget, seconds)
     if output:
         check_writable(output)
@@ -185,8 +265,12 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
             pool.stop()
     sign = 1 if evaluator.direction == "minimize" else -1
     settings = evaluator.fingerprint.settings
+    from .models.units import plan_units
+
+    plan = plan_units(lm.masked, space.removed_names(res.best))
     result = SearchResult(
-        removed_layers=list(res.best.removed()), kept_layers=list(res.best.kept()), fitness=best_raw,
+        removed_layers=list(plan.dropped), kept_layers=list(plan.kept()), fitness=best_raw,
+        removed_units=plan.names(), units=space.kind,
         dense_fitness=dense, objective=objective_name, direction=evaluator.direction, algo=algo,
         evaluations=res.evaluations, seed=seed, model=lm.source, n_blocks=lm.n_blocks, remove=constraint.k,
         protect=list(constraint.protect), wall_seconds=round(time.perf_counter() - start, 3),
@@ -229,12 +313,16 @@ def evaluate_mask(lm: LoadedModel, remove: str | Sequence[int] | None, objective
                   data: str | None = None, tasks: str | None = None, split: str = "eval",
                   data_seed: int = DEFAULT_DATA_SEED, **options) -> dict:
     """Score one mask (and the dense model) on held-out data for each objective."""
-    mask = mask_from_removed(lm, remove or [])
+    space, mask = parse_removed_units(lm, remove)
     rows = {}
     for spec in objectives:
-        ev = make_evaluator(lm, spec, data=data, tasks=tasks, split=split, data_seed=data_seed, **options)
+        ev = make_evaluator(lm, spec, data=data, tasks=tasks, split=split, data_seed=data_seed, units=space,
+                            **options)
         row = {"pruned": ev.raw(mask), "dense": ev.dense_value(), "direction": ev.direction,
                "details": ev.details(mask), "settings": ev.fingerprint.settings["options"]}
         rows[ev.objective.name] = row
-    return {"removed_layers": list(mask.removed()), "model": lm.source, "split": split, "data_seed": data_seed,
+    from .models.units import plan_units
+
+    plan = plan_units(lm.masked, space.removed_names(mask))
+    return {"removed_layers": list(plan.dropped), "removed_units": plan.names(), "model": lm.source, "split": split, "data_seed": data_seed,
             "objectives": rows}

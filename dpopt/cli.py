@@ -69,7 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group()
     g.add_argument("--remove", type=int, default=None, help="number of blocks to remove (K)")
     g.add_argument("--sparsity", type=float, default=None, help="fraction of blocks to remove")
-    s.add_argument("--protect", default=None, help="blocks never removed, e.g. 0,-1")
+    s.add_argument("--protect", default=None, help="blocks never removed, e.g. 0,-1 (all their units)")
+    s.add_argument("--units", default="block", choices=["block", "sublayer"],
+                   help="what one bit removes: a whole block, or a block's attention or MLP (attn.I, mlp.I); "
+                        "--remove/--sparsity count these units")
+    s.add_argument("--tie", action="store_true",
+                   help="with --units sublayer: one bit removes a block's attention and MLP together "
+                        "(EvoPress drop_entire_block)")
     s.add_argument("--budget", type=int, default=200, help="distinct masks to evaluate")
     s.add_argument("--time-budget", type=float, default=None, help="seconds")
     s.add_argument("--seed", type=int, default=0)
@@ -84,13 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="score a mask (and the dense model) on held-out data")
     _model_args(e)
-    e.add_argument("--remove", default="", help="blocks to remove, e.g. 3,7,12")
+    e.add_argument("--remove", default="", help="units to remove, e.g. 3,7,12 or attn.3,mlp.7,12 (integers: blocks)")
     _objective_args(e, "eval")
     e.add_argument("--json", action="store_true", help="print JSON")
 
     x = sub.add_parser("export", help="write the pruned model as a plain transformers checkpoint")
     _model_args(x)
-    x.add_argument("--remove", required=True, help="blocks to remove, e.g. 3,7,12")
+    x.add_argument("--remove", required=True, help="units to remove, e.g. 3,7,12 or attn.3,mlp.7,12 (integers: blocks)")
     x.add_argument("--out", required=True)
     x.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
@@ -280,12 +286,13 @@ def cmd_search(a) -> int:
     lm = api.load(a.model, a.device, a.dtype)
     ev = api.make_evaluator(lm, a.objective, data=a.data, tasks=a.tasks, split=a.split, data_seed=a.data_seed,
                             prefix_sharing=not a.no_prefix_sharing, cache_mb=a.cache_mb, memory_mb=a.memory_mb,
-                            **_objective_options(a))
+                            units=a.units, tie=a.tie, **_objective_options(a))
     res = api.search(lm, ev, a.algo, remove=a.remove, sparsity=a.sparsity, protect=a.protect, budget=a.budget,
                      seconds=a.time_budget, seed=a.seed, storage=a.storage, study=a.study, output=a.output,
                      progress=not a.no_progress, algo_options=options, **_queue_options(a))
-    print(f"best mask: remove {res.removed_layers} of {res.n_blocks} blocks ({a.algo}, {res.evaluations} evaluations, "
-          f"{res.wall_seconds:.1f} s)")
+    what = f"{res.removed_layers} of {res.n_blocks} blocks" if res.units == "block" else \
+        f"{', '.join(res.removed_units)} ({res.remove} {res.units} units of a {res.n_blocks}-block model)"
+    print(f"best mask: remove {what} ({a.algo}, {res.evaluations} evaluations, {res.wall_seconds:.1f} s)")
     print(f"{res.objective}: {res.fitness:.6g}  (dense model: {res.dense_fitness:.6g})")
     if a.output:
         print(f"wrote {a.output}")
@@ -301,7 +308,8 @@ def cmd_search(a) -> int:
 def _next_commands(a, res) -> str:
     """What a user runs next with this mask: export it, judge it on held-out data, look at the study."""
     exe = "dpopt"
-    removed = ",".join(map(str, res.removed_layers))
+    removed = ",".join(u.removeprefix("block.") for u in res.removed_units) if res.removed_units \
+        else ",".join(map(str, res.removed_layers))
     model = a.model if " " not in a.model else repr(a.model)
     data = f" --data {a.data}" if a.data else ""
     lines = ["next:",
@@ -323,7 +331,8 @@ def cmd_eval(a) -> int:
     if a.json:
         print(json.dumps(res, indent=2))
         return 0
-    print(f"model {res['model']}, removed {res['removed_layers']}, {res['split']} split (data seed {res['data_seed']})")
+    print(f"model {res['model']}, removed {', '.join(res['removed_units']) or 'nothing'}, {res['split']} split "
+          f"(data seed {res['data_seed']})")
     for name, row in res["objectives"].items():
         extra = "".join(f"  {k}={v:.4f}" for k, v in row["details"].items() if k != name)
         print(f"{name:>10}: pruned {row['pruned']:.6g}   dense {row['dense']:.6g}{extra}")
@@ -337,7 +346,10 @@ def cmd_export(a) -> int:
     prepare_out_dir(a.out, a.force)  # fail before the model loads
     lm = api.load(a.model, a.device, a.dtype)
     out = api.export(lm, a.remove, a.out, force=a.force)
-    print(f"wrote {out}: {lm.n_blocks - len(api.mask_from_removed(lm, a.remove).removed())} of {lm.n_blocks} blocks kept")
+    space, mask = api.parse_removed_units(lm, a.remove)
+    units = api.removed_unit_names(lm, space, mask)
+    dropped = sum(u.startswith("block.") for u in units)
+    print(f"wrote {out}: {lm.n_blocks - dropped} of {lm.n_blocks} blocks kept (removed {', '.join(units)})")
     return 0
 
 

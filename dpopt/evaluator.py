@@ -1,10 +1,15 @@
 """The one fitness evaluator: every searcher's masks are scored here, in batches.
 
-Masks that keep the same first blocks compute the same hidden states up to there. For
-each input batch the evaluator walks the masks level by level as a prefix tree: at block
-``l`` every distinct prefix that keeps ``l`` is stacked into one batched call (chunked to
-a memory budget), prefixes that skip ``l`` pass through untouched, and each distinct mask
-gets one head + score at the end. So each (prefix, block) pair is computed once per call.
+Masks that agree on their first units compute the same hidden states up to there. For
+each input batch the evaluator walks the masks block by block as a prefix tree over the
+units of its :class:`~dpopt.genome.UnitSpace`: at block ``l`` the prefixes are split by
+the bits of block ``l``'s own units (one bit for a whole block; attention and MLP bits for
+sub-layer units), which decide what the block does: nothing (removed, pass through) or
+a run with some sub-layers skipped. Every prefix that runs block ``l`` with the same skip
+set is stacked into one batched call (chunked to a memory budget), and each distinct mask
+gets one head + score at the end. So each (prefix, block) pair is computed once per call;
+masks that differ only in a later unit share all work before that unit's block (a block
+is the smallest call, so ``mlp.3`` and ``attn.3`` masks part at block 3).
 
 Two memos make repeated work free: per-(mask, batch) partial scores (a mask seen before
 costs nothing, and raising its fidelity scores only the new batches), and an LRU of prefix
@@ -20,7 +25,7 @@ import numpy as np
 import torch
 
 from .fitness import MemoEvaluator
-from .genome import LayerMask
+from .genome import LayerMask, UnitSpace
 
 
 @dataclass
@@ -103,9 +108,16 @@ class Evaluator(MemoEvaluator):
     """
 
     def __init__(self, lm: LoadedModel, objective, prefix_sharing: bool = True, cache_mb: float | None = None,
-                 memory_mb: float | None = None, fingerprint=None):
+                 memory_mb: float | None = None, fingerprint=None, units: UnitSpace | None = None):
         super().__init__()
         self.lm = lm
+        self.units = units or UnitSpace.blocks(lm.n_blocks)  # what each bit of a mask removes
+        if self.units.n_blocks != lm.n_blocks:
+            raise ValueError(f"unit space over {self.units.n_blocks} blocks for a model of {lm.n_blocks}")
+        self._bounds = self.units.bounds
+        family = lm.masked.family
+        self._all_kinds = frozenset(family.sublayers or ())
+        self._empty_is_identity = bool(family.empty_block_is_identity(lm.model.config))
         self.objective = objective
         self.direction = objective.direction
         self.fingerprint = fingerprint
@@ -128,7 +140,18 @@ class Evaluator(MemoEvaluator):
 
     @property
     def n_units(self) -> int:
+        return self.units.n_units
+
+    @property
+    def n_blocks(self) -> int:
         return self.lm.n_blocks
+
+    def _action(self, block: int, bits) -> frozenset[str] | None:
+        """What block ``block`` does under its units' ``bits``: None = pass through, else run skipping these."""
+        skip = self.units.block_removal(block, bits)
+        if skip is not None and skip and skip >= self._all_kinds and self._empty_is_identity:
+            return None  # a pre-norm block without any sub-layer is the identity: no call at all
+        return skip
 
     def dense_value(self, fidelity: int | None = None) -> float:
         return self.raw(LayerMask.dense(self.n_units), fidelity)
@@ -152,7 +175,7 @@ class Evaluator(MemoEvaluator):
     def _score(self, masks: Sequence[LayerMask], fidelity: int | None) -> list[float]:
         for m in masks:
             if m.n_units != self.n_units:
-                raise ValueError(f"mask of {m.n_units} units for a model of {self.n_units} blocks")
+                raise ValueError(f"mask of {m.n_units} units for a {self.units.kind} space of {self.n_units} units")
         batches = self.objective.batches(fidelity)
         for b in batches:
             todo = [m for m in masks if (m.key(), b.index) not in self.partials]
@@ -181,37 +204,43 @@ class Evaluator(MemoEvaluator):
         prep = self._prep(batch)
         if not self.prefix_sharing:
             return [self._score_logits(self._forward_one(m, prep), batch) for m in masks]
-        n = self.n_units
-        # start each mask from its deepest cached prefix (or from the embeddings)
+        n, bounds = self.n_blocks, self._bounds
+        # start each mask from its deepest cached prefix (or from the embeddings); a prefix
+        # is the bits of every unit before block ``level``
         pending: dict[int, dict[bytes, _Group]] = {}
         for m in masks:
             level, hidden = 0, prep.h0
             for lv in range(n, 0, -1):
-                t = self.cache.get((batch.index, _prefix_key(m, lv)))
+                t = self.cache.get((batch.index, _prefix_key(m, bounds[lv])))
                 if t is not None:
                     level, hidden = lv, t
                     break
             groups = pending.setdefault(level, {})
-            groups.setdefault(_prefix_key(m, level), _Group(hidden, [])).masks.append(m)
+            groups.setdefault(_prefix_key(m, bounds[level]), _Group(hidden, [])).masks.append(m)
         active: dict[bytes, _Group] = {}
         for level in range(n):
             _merge(active, pending.pop(level, {}))
-            need: list[tuple[bytes, _Group]] = []
+            lo, hi = bounds[level], bounds[level + 1]
+            runs: dict[frozenset[str], list[tuple[bytes, _Group]]] = {}  # skip set -> prefixes to run
             nxt: dict[bytes, _Group] = {}
             for key, g in active.items():
-                keep = [m for m in g.masks if m.bits[level]]
-                skip = [m for m in g.masks if not m.bits[level]]
-                if skip:
-                    nxt[key + b"\x00"] = _Group(g.hidden, skip)
-                if keep:
-                    need.append((key + b"\x01", _Group(g.hidden, keep)))
-            for (key, g), out in zip(need, self._stacked_block(level, [g.hidden for _, g in need], prep)):
-                g.hidden = out
-                nxt[key] = g
-                if len(g.masks) > 1:  # shared prefixes are what later calls reuse
-                    self.cache.put((batch.index, key), out)
+                split: dict[bytes, list[LayerMask]] = {}
+                for m in g.masks:
+                    split.setdefault(m.bits[lo:hi].tobytes(), []).append(m)
+                for own, members in split.items():
+                    action = self._action(level, np.frombuffer(own, dtype=bool))
+                    if action is None:
+                        nxt[key + own] = _Group(g.hidden, members)
+                    else:
+                        runs.setdefault(action, []).append((key + own, _Group(g.hidden, members)))
+            for skip, need in runs.items():
+                for (key, g), out in zip(need, self._stacked_block(level, [g.hidden for _, g in need], prep, skip)):
+                    g.hidden = out
+                    nxt[key] = g
+                    if len(g.masks) > 1:  # shared prefixes are what later calls reuse
+                        self.cache.put((batch.index, key), out)
             active = nxt
-            del need
+            del runs
         _merge(active, pending.pop(n, {}))
         results: dict[bytes, Any] = {}
         for g in active.values():
@@ -220,8 +249,10 @@ class Evaluator(MemoEvaluator):
                 results[m.key()] = part
         return [results[m.key()] for m in masks]
 
-    def _stacked_block(self, level: int, hiddens: list[torch.Tensor], prep) -> list[torch.Tensor]:
-        """Run block ``level`` on many prefixes at once, in chunks that fit the memory budget."""
+    def _stacked_block(self, level: int, hiddens: list[torch.Tensor], prep,
+                       skip: frozenset[str] = frozenset()) -> list[torch.Tensor]:
+        """Run block ``level`` (skipping the ``skip`` sub-layers) on many prefixes at once, in
+        chunks that fit the memory budget."""
         if not hiddens:
             return []
         self.block_calls += len(hiddens)
@@ -234,15 +265,18 @@ class Evaluator(MemoEvaluator):
         for i in range(0, len(hiddens), chunk):
             part = hiddens[i : i + chunk]
             stacked = torch.cat(part, dim=0) if len(part) > 1 else part[0]
-            res = self.lm.masked.run_block(level, stacked, prep)
+            res = self.lm.masked.run_block(level, stacked, prep, skip=skip)
             out.extend(res.split(h.shape[0], dim=0) if len(part) > 1 else [res])
         return out
 
     def _forward_one(self, mask: LayerMask, prep) -> torch.Tensor:
         h = prep.h0
-        for i in mask.kept():
-            h = self.lm.masked.run_block(i, h, prep)
-            self.block_calls += 1
+        bounds = self._bounds
+        for i in range(self.n_blocks):
+            action = self._action(i, mask.bits[bounds[i]:bounds[i + 1]])
+            if action is not None:
+                h = self.lm.masked.run_block(i, h, prep, skip=action)
+                self.block_calls += 1
         return self.lm.masked.head(h)
 
     def _score_logits(self, logits: torch.Tensor, batch) -> Any:
@@ -265,7 +299,7 @@ class Evaluator(MemoEvaluator):
         ``angular[i, j]`` is the mean angular distance arccos(cos)/pi. ShortGPT's block
         influence is ``1 - cos[l, l+1]``; Gromov et al.'s span score is ``angular[l, l+k]``.
         """
-        n = self.n_units
+        n = self.n_blocks
         cos = np.zeros((n + 1, n + 1))
         ang = np.zeros((n + 1, n + 1))
         batches = self.objective.batches(None)[:max_batches]

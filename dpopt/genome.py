@@ -1,14 +1,20 @@
 """LayerMask, the genome every searcher proposes and the evaluator scores.
 
-A mask is a bitstring with one bit per decoder block; ``True`` means the block is KEPT.
-The search space is fixed by a :class:`Constraint`: exactly ``k`` blocks removed, never a
+A mask is a bitstring with one bit per removable unit; ``True`` means the unit is KEPT. A
+:class:`UnitSpace` says what the units are: whole decoder blocks (``block.I``, the
+default), or each block's attention and MLP sub-layers (``attn.I``, ``mlp.I``), always in
+execution order so that a mask's prefix is a prefix of the network. Searchers see only
+bits; the evaluator, the record and export read the names.
+
+The search space is fixed by a :class:`Constraint`: exactly ``k`` units removed, never a
 protected one. Operators here (swap mutation, crossover + repair) keep a mask inside that
-space, because DEAP's stock ``mutFlipBit``/``cxTwoPoint`` would change how many blocks are
+space, because DEAP's stock ``mutFlipBit``/``cxTwoPoint`` would change how many units are
 removed.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -98,27 +104,132 @@ def parse_index_list(text: str | Sequence[int] | None, n_units: int, what: str =
     return tuple(sorted(out))
 
 
+BLOCK_UNIT = "block"
+
+
+@dataclass(frozen=True)
+class UnitSpace:
+    """What each bit of a mask removes: a whole block, or some sub-layers of one block.
+
+    ``units[u] = (block, kinds)``: ``kinds`` is None for a whole block, else the sub-layer
+    kinds (``"attn"``, ``"mlp"``) that unit ``u`` silences in ``block``. Units are sorted by
+    block, so the units of block ``l`` are ``bounds[l]:bounds[l + 1]`` and a mask's bits up
+    to ``bounds[l]`` decide everything before block ``l`` (the evaluator's prefix tree).
+
+    ``kind`` names the space in a result and in the record: ``block``, ``sublayer``,
+    ``sublayer-tied`` (EvoPress's ``drop_entire_block``: attention and MLP of a block removed
+    together, one bit per block) or ``mixed`` (what ``--remove attn.3,12`` names for eval).
+    """
+
+    kind: str
+    n_blocks: int
+    units: tuple[tuple[int, frozenset[str] | None], ...]
+    names: tuple[str, ...]
+
+    # --- the spaces ---------------------------------------------------------------------
+    @classmethod
+    def blocks(cls, n_blocks: int) -> "UnitSpace":
+        return cls("block", n_blocks, tuple((i, None) for i in range(n_blocks)),
+                   tuple(f"{BLOCK_UNIT}.{i}" for i in range(n_blocks)))
+
+    @classmethod
+    def sublayers(cls, n_blocks: int, kinds: Sequence[str], tie: bool = False,
+                  whole: Iterable[int] = ()) -> "UnitSpace":
+        """Attention and MLP per block (``kinds`` in execution order); with ``tie`` one bit
+        removes all of a block's sub-layers; blocks in ``whole`` stay one ``block.I`` unit."""
+        kinds = tuple(kinds)
+        whole = set(whole)
+        units, names = [], []
+        for i in range(n_blocks):
+            if i in whole:
+                units.append((i, None))
+                names.append(f"{BLOCK_UNIT}.{i}")
+            elif tie:
+                units.append((i, frozenset(kinds)))
+                names.append(f"{BLOCK_UNIT}.{i}")
+            else:
+                for kind in kinds:
+                    units.append((i, frozenset([kind])))
+                    names.append(f"{kind}.{i}")
+        kind = "mixed" if whole else ("sublayer-tied" if tie else "sublayer")
+        return cls(kind, n_blocks, tuple(units), tuple(names))
+
+    # --- reading a mask -----------------------------------------------------------------
+    @property
+    def n_units(self) -> int:
+        return len(self.units)
+
+    @cached_property
+    def bounds(self) -> tuple[int, ...]:
+        """``bounds[l]``: index of block ``l``'s first unit; ``bounds[n_blocks] = n_units``."""
+        out = [0] * (self.n_blocks + 1)
+        for block, _ in self.units:
+            out[block + 1] += 1
+        for i in range(self.n_blocks):
+            out[i + 1] += out[i]
+        return tuple(out)
+
+    def block_removal(self, block: int, bits: Sequence[bool]) -> frozenset[str] | None:
+        """What ``bits`` (block ``block``'s own slice of a mask) remove: None = the whole block,
+        else the sub-layer kinds to silence (empty: the block runs in full)."""
+        lo = self.bounds[block]
+        skip: set[str] = set()
+        for (_, kinds), keep in zip(self.units[lo:lo + len(bits)], bits):
+            if not keep:
+                if kinds is None:
+                    return None
+                skip |= kinds
+        return frozenset(skip)
+
+    def removed_names(self, mask: "LayerMask") -> list[str]:
+        """What ``mask`` removes as unit names for :func:`dpopt.models.units.plan_units`
+        (a tied unit stands for all of its block's sub-layers)."""
+        out = []
+        for u in mask.removed():
+            block, kinds = self.units[u]
+            out.extend([self.names[u]] if kinds is None else [f"{k}.{block}" for k in sorted(kinds)])
+        return out
+
+    def mask(self, removed: Iterable[str]) -> "LayerMask":
+        """The mask removing the named units of this space (names as in ``self.names``)."""
+        index = {n: i for i, n in enumerate(self.names)}
+        missing = [n for n in removed if n not in index]
+        if missing:
+            raise UserError(f"{', '.join(missing)} not a unit of this {self.kind} space")
+        return LayerMask.from_removed(self.n_units, [index[n] for n in removed])
+
+    def units_of_blocks(self, blocks: Iterable[int]) -> tuple[int, ...]:
+        """Every unit inside the given blocks (``--protect`` names blocks in any space)."""
+        wanted = set(blocks)
+        return tuple(u for u, (b, _) in enumerate(self.units) if b in wanted)
+
+
 @dataclass(frozen=True)
 class Constraint:
-    """The search space: masks over ``n_units`` blocks with exactly ``k`` removed, none protected."""
+    """The search space: masks over ``n_units`` units with exactly ``k`` removed, none protected.
+
+    ``what`` only words the errors (``blocks``, ``sub-layer units``).
+    """
 
     n_units: int
     k: int
     protect: tuple[int, ...] = field(default_factory=tuple)
+    what: str = field(default="blocks", compare=False)
 
     def __post_init__(self) -> None:
         if self.n_units < 1:
-            raise UserError("the model has no blocks to remove")
+            raise UserError(f"the model has no {self.what} to remove")
         if not 0 < self.k < self.n_units:
             raise UserError(
-                f"--remove must be between 1 and {self.n_units - 1} for a model with {self.n_units} blocks (got {self.k})"
+                f"--remove must be between 1 and {self.n_units - 1} for a model with {self.n_units} {self.what} "
+                f"(got {self.k})"
             )
         for p in self.protect:
             if not 0 <= p < self.n_units:
-                raise UserError(f"protected block {p} is out of range (0..{self.n_units - 1})")
+                raise UserError(f"protected unit {p} is out of range (0..{self.n_units - 1})")
         if len(self.removable) < self.k:
             raise UserError(
-                f"--protect leaves {len(self.removable)} removable blocks, fewer than the {self.k} to remove"
+                f"--protect leaves {len(self.removable)} removable {self.what}, fewer than the {self.k} to remove"
             )
 
     @classmethod
@@ -128,7 +239,19 @@ class Constraint:
         remove: int | None = None,
         sparsity: float | None = None,
         protect: str | Sequence[int] | None = None,
+        space: UnitSpace | None = None,
     ) -> "Constraint":
+        """``protect`` names blocks; in a sub-layer ``space`` every unit of a protected block is kept."""
+        if space is not None and space.kind != "block":
+            if space.n_units != n_units:
+                raise ValueError(f"space of {space.n_units} units for a constraint over {n_units}")
+            blocks = parse_index_list(protect, space.n_blocks, "protected block")
+            what = "sub-layer units" if space.kind == "sublayer" else "units"
+            return cls._build(n_units, remove, sparsity, space.units_of_blocks(blocks), what)
+        return cls._build(n_units, remove, sparsity, parse_index_list(protect, n_units, "protected block"), "blocks")
+
+    @classmethod
+    def _build(cls, n_units, remove, sparsity, protect, what) -> "Constraint":
         if (remove is None) == (sparsity is None):
             raise UserError("give exactly one of --remove K or --sparsity F")
         if sparsity is not None:
@@ -136,8 +259,8 @@ class Constraint:
                 raise UserError(f"--sparsity must be in (0, 1), got {sparsity}")
             remove = int(round(sparsity * n_units))
             if remove == 0:
-                raise UserError(f"--sparsity {sparsity} removes no block of {n_units}")
-        return cls(n_units, int(remove), parse_index_list(protect, n_units, "protected block"))
+                raise UserError(f"--sparsity {sparsity} removes none of {n_units} {what}")
+        return cls(n_units, int(remove), tuple(protect), what)
 
     @property
     def removable(self) -> tuple[int, ...]:

@@ -40,6 +40,10 @@ class SearchResult:
     run: str | None = None
     interrupted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # what was removed by unit name: ``block.I`` for whole blocks, ``attn.I``/``mlp.I`` for sub-layers
+    # (``removed_layers`` lists only the blocks dropped whole); ``units`` names the search space
+    removed_units: list[str] = field(default_factory=list)
+    units: str = "block"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -65,7 +65,8 @@ def build_evaluator(attrs: dict, recipe: dict, device: str, study: str):
         lm = api.load(recipe["model"], device, recipe.get("dtype", "float32"))
         ev = api.make_evaluator(lm, recipe["objective"], data=recipe.get("data"), tasks=recipe.get("tasks"),
                                 split=recipe["split"], data_seed=recipe["data_seed"],
-                                prefix_sharing=recipe.get("prefix_sharing", True), **recipe.get("options", {}))
+                                prefix_sharing=recipe.get("prefix_sharing", True), units=recipe.get("units", "block"),
+                                tie=recipe.get("tie", False), **recipe.get("options", {}))
     except UserError as exc:
         raise UserError(f"this worker cannot rebuild study {study!r}'s evaluator: {exc}") from None
     if ev.fingerprint.digest != attrs["fingerprint"]:

@@ -162,14 +162,14 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, record=None,
             raise KeyboardInterrupt
         if valid_told:
             reasons = sorted(set(evaluator.failures.values()))
-            raise UserError(f"every one of the {valid_told} masks with {constraint.k} blocks removed failed to score "
+            raise UserError(f"every one of the {valid_told} masks with {constraint.k} {getattr(constraint, 'what', 'blocks')} removed failed to score "
                             f"({reasons[0] if reasons else 'non-finite value'}); check the objective and data")
         if timed_out:
             raise UserError(f"the time budget of {budget.seconds:g} s ran out before {searcher.name} reached a mask "
-                            f"with {constraint.k} blocks removed; raise --time-budget")
+                            f"with {constraint.k} {getattr(constraint, 'what', 'blocks')} removed; raise --time-budget")
         if len(seen):
             raise UserError(f"the budget of {len(seen)} evaluations ran out before {searcher.name} reached a mask "
-                            f"with {constraint.k} blocks removed; raise --budget")
+                            f"with {constraint.k} {getattr(constraint, 'what', 'blocks')} removed; raise --budget")
         raise UserError(f"searcher {searcher.name!r} proposed no mask")
     return SearchResult(best_mask, best_fit, len(seen), time.perf_counter() - start, history,
                         extra={"interrupted": True} if interrupted else {})
