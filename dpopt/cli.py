@@ -30,9 +30,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _objective_args(p: argparse.ArgumentParser, default_split: str) -> None:
     p.add_argument("--objective", default="ppl", help="ppl | kl | acc | NAME:W,NAME:W | package.module:Class")
+    p.add_argument("--split", default=default_split, choices=["calib", "eval", "all"])
+    _data_args(p)
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    """What decides an objective's data and its evaluator, shared by search, eval, compare and study."""
     p.add_argument("--data", default=None, help="text data: zoo name or .txt/.jsonl file (default wikipedia)")
     p.add_argument("--tasks", default=None, help="multiple-choice data for acc (default mmlu)")
-    p.add_argument("--split", default=default_split, choices=["calib", "eval", "all"])
     p.add_argument("--data-seed", type=int, default=DEFAULT_DATA_SEED,
                    help="orders the items inside a split (default %(default)s); apart from --seed, and calib/eval "
                         "never share an item whatever the seeds")
@@ -145,18 +150,7 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--option", action="append", default=[], metavar="ALGO.KEY=VALUE",
                    help="searcher option, e.g. --option genetic.population=48 (repeatable)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--data", default=None, help="text data: zoo name or .txt/.jsonl file (default wikipedia)")
-    p.add_argument("--tasks", default=None, help="multiple-choice data for acc (default mmlu)")
-    p.add_argument("--data-seed", type=int, default=DEFAULT_DATA_SEED, help="orders the items inside a split")
-    p.add_argument("--tokens", type=int, default=None, help="calibration tokens for ppl/kl (default 4096)")
-    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 512)")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences or questions per batch")
-    p.add_argument("--questions", type=int, default=None, help="questions for acc (default 256)")
-    p.add_argument("--kl-topk", type=int, default=None, help="keep the dense model's top-k log-probs (k>=512)")
-    p.add_argument("--acc-metric", default=None, choices=["acc", "acc_norm"])
-    p.add_argument("--cache-mb", type=float, default=None, help="prefix-activation cache across calls")
-    p.add_argument("--memory-mb", type=float, default=None, help="activation budget of one batched block call")
-    p.add_argument("--no-prefix-sharing", action="store_true", help="run each mask alone (for checking)")
+    _data_args(p)
 
 
 def _grid_options(a) -> dict[str, dict]:
