@@ -292,6 +292,7 @@ class StudyRecord:
         self.recipe = recipe
         self.queue = False  # True: claims enqueue WAITING trials for workers instead of scoring here
         self.monitor = None  # queue mode: called while waiting; raises when the workers cannot finish
+        self._last_worker_seen: float | None = None  # queue mode without a monitor: when a worker last beat
         self.storage = open_storage(storage)
         self._lock = _make_lock(storage, self.storage, study_name)
         self.study = self._open_study(create)
@@ -415,7 +416,8 @@ class StudyRecord:
                                intermediate_values={}, trial_id=-1)
         return self.storage.create_new_trial(self.study_id, template_trial=template)
 
-    def _stale(self, trial) -> bool:
+    def _stale(self, trial, beats: dict) -> bool:
+        """``beats``: the study's system attrs, read once per claim rather than once per trial."""
         owner = trial.system_attrs.get("dpopt:owner")
         if not owner:
             return True
@@ -423,7 +425,7 @@ class StudyRecord:
         pid = int(rest.partition(":")[0] or 0)
         if host == socket.gethostname() and pid and not _pid_alive(pid):
             return True
-        beat = self.storage.get_study_system_attrs(self.study_id).get(f"{HB_PREFIX}{owner}")
+        beat = beats.get(f"{HB_PREFIX}{owner}")
         started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
         return time.time() - max(beat or 0.0, started) > lease_seconds()
 
@@ -436,6 +438,14 @@ class StudyRecord:
         from optuna.trial import TrialState
 
         todo, waiting = [], []
+        beats: dict | None = None
+
+        def stale(trial) -> bool:
+            nonlocal beats
+            if beats is None:
+                beats = self.storage.get_study_system_attrs(self.study_id)
+            return self._stale(trial, beats)
+
         with self._lock():
             self._sync()
             for m in masks:
@@ -464,7 +474,7 @@ class StudyRecord:
                 elif k in memo:
                     continue  # someone else is scoring it, but we already know the value
                 elif self.queue:
-                    if t.state == TrialState.RUNNING and self._stale(t):  # its worker died: back to the queue
+                    if t.state == TrialState.RUNNING and stale(t):  # its worker died: back to the queue
                         self.storage.set_trial_state_values(t._trial_id, TrialState.WAITING)
                     waiting.append(m)
                 elif t.state == TrialState.WAITING:
@@ -473,7 +483,7 @@ class StudyRecord:
                         todo.append(m)
                     else:
                         waiting.append(m)
-                elif self._stale(t):
+                elif stale(t):
                     self._take(t, k)
                     todo.append(m)
                 else:
@@ -573,7 +583,7 @@ class StudyRecord:
         if self.live_workers():
             self._last_worker_seen = now
             return
-        seen = getattr(self, "_last_worker_seen", None)
+        seen = self._last_worker_seen
         if seen is None:
             self._last_worker_seen = seen = now
         if now - seen > lease_seconds():
