@@ -106,3 +106,12 @@ def mc_data():
     from dpopt.data import MCData
 
     return MCData("toy-mc", make_questions())
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory):
+    """Eighty short numbered paragraphs as a .txt calibration file (modules may define their own)."""
+    path = tmp_path_factory.mktemp("data") / "calib.txt"
+    path.write_text("\n\n".join(f"Paragraph {i}: the quick brown fox number {i} jumps over {i * 7} lazy dogs."
+                                for i in range(80)))
+    return path

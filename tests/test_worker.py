@@ -27,14 +27,6 @@ def ck(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("ck") / "tiny", "llama", 12, seed=0, identity_blocks=(2, 5, 9))
 
 
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "calib.txt"
-    path.write_text("\n\n".join(f"Paragraph {i}: the quick brown fox number {i} jumps over {i * 7} lazy dogs."
-                                for i in range(80)))
-    return path
-
-
 def cli(args, capsys=None):
     rc = main([str(a) for a in args])
     if capsys is None:
