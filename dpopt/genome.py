@@ -6,16 +6,18 @@ default), or each block's attention and MLP sub-layers (``attn.I``, ``mlp.I``), 
 execution order so that a mask's prefix is a prefix of the network. Searchers see only
 bits; the evaluator, the record and export read the names.
 
-The search space is fixed by a :class:`Constraint`: exactly ``k`` units removed, never a
-protected one. Operators here (swap mutation, crossover + repair) keep a mask inside that
+The search space is fixed by a :class:`Constraint`: exactly ``k`` units removed (or a count
+range, or a parameter budget), never a protected one. Operators here (swap mutation, crossover + repair) keep a mask inside that
 space, because DEAP's stock ``mutFlipBit``/``cxTwoPoint`` would change how many units are
 removed.
 """
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -204,84 +206,225 @@ class UnitSpace:
         return tuple(u for u, (b, _) in enumerate(self.units) if b in wanted)
 
 
+def parse_remove(text: str | int | None) -> tuple[int, int] | None:
+    """``--remove``: ``"6"`` (exactly six units) or ``"4:10"`` (any count from 4 to 10)."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, int):
+        return text, text
+    lo, sep, hi = str(text).strip().partition(":")
+    try:
+        k_min = int(lo)
+        k_max = int(hi) if sep else k_min
+    except ValueError:
+        raise UserError(f"--remove takes a count K or a range MIN:MAX, got {text!r}") from None
+    if k_min > k_max:
+        raise UserError(f"--remove {text}: the range is empty ({k_min} > {k_max}); write MIN:MAX")
+    return k_min, k_max
+
+
+_SCALE = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9}
+
+
+def parse_params(text: str | float | int | None) -> float | None:
+    """``--max-params``: ``100M``, ``1.2G``, ``90e6`` or a plain count, as a number of parameters."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        t = str(text).strip().upper()
+        suffix = t[-1] if t and t[-1] in _SCALE and t[-1] != "" else ""
+        try:
+            value = float(t[: len(t) - len(suffix)]) * _SCALE[suffix]
+        except ValueError:
+            raise UserError(f"--max-params takes a parameter count such as 100M, 1.2G or 90000000, got {text!r}") from None
+    if not value > 0:
+        raise UserError(f"--max-params must be positive, got {text!r}")
+    return value
+
+
+def _fmt_params(n: float) -> str:
+    return f"{n / 1e9:.3g}G" if n >= 1e9 else f"{n / 1e6:.4g}M"
+
+
 @dataclass(frozen=True)
 class Constraint:
-    """The search space: masks over ``n_units`` units with exactly ``k`` removed, none protected.
+    """The search space: which masks over ``n_units`` units a run may answer with.
 
-    ``what`` only words the errors (``blocks``, ``sub-layer units``).
+    A valid mask removes between ``k`` and ``k_max`` units (``k == k_max``: exactly K, the
+    default), never a protected one, and, with ``max_params``, leaves a model of at most
+    that many parameters (``unit_params[u]``: what unit ``u`` owns; ``total_params``: the
+    dense model). ``k`` is the smallest count a valid mask can have, so a searcher that
+    removes units one at a time (greedy) stops at the first valid mask, and one that ranks
+    units (CMA-ES, one-shot scores) removes the fewest that satisfy the constraint.
+
+    Operators here (random masks, swap mutation, crossover + repair, ranking) keep a mask
+    inside that space, because DEAP's stock ``mutFlipBit``/``cxTwoPoint`` would change how
+    many units are removed. ``what`` only words the errors (``blocks``, ``sub-layer units``).
     """
 
     n_units: int
     k: int
     protect: tuple[int, ...] = field(default_factory=tuple)
     what: str = field(default="blocks", compare=False)
+    k_max: int | None = None
+    max_params: float | None = None
+    unit_params: tuple[float, ...] | None = field(default=None, compare=False)
+    total_params: float | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        if self.k_max is None:
+            object.__setattr__(self, "k_max", self.k)
         if self.n_units < 1:
             raise UserError(f"the model has no {self.what} to remove")
-        if not 0 < self.k < self.n_units:
-            raise UserError(
-                f"--remove must be between 1 and {self.n_units - 1} for a model with {self.n_units} {self.what} "
-                f"(got {self.k})"
-            )
         for p in self.protect:
             if not 0 <= p < self.n_units:
                 raise UserError(f"protected unit {p} is out of range (0..{self.n_units - 1})")
+        if self.max_params is None and not 0 < self.k <= self.k_max < self.n_units:
+            span = str(self.k) if self.k == self.k_max else f"{self.k}:{self.k_max}"
+            raise UserError(
+                f"--remove must be between 1 and {self.n_units - 1} for a model with {self.n_units} {self.what} "
+                f"(got {span})"
+            )
         if len(self.removable) < self.k:
             raise UserError(
                 f"--protect leaves {len(self.removable)} removable {self.what}, fewer than the {self.k} to remove"
             )
+        if self.max_params is not None:
+            self._check_params()
+
+    def _check_params(self) -> None:
+        if self.unit_params is None or self.total_params is None:
+            raise ValueError("a parameter budget needs unit_params and total_params")
+        if self.max_params >= self.total_params:
+            raise UserError(f"--max-params {_fmt_params(self.max_params)}: the dense model already has "
+                            f"{_fmt_params(self.total_params)}, so nothing needs removing")
+        sizes = sorted((self.unit_params[u] for u in self.removable), reverse=True)
+        floor = self.total_params - sum(sizes[: self.k_max])
+        if floor > self.max_params:
+            limit = f"at most {self.k_max} " if self.k_max < len(sizes) else "every removable "
+            raise UserError(f"--max-params {_fmt_params(self.max_params)} is below what removing {limit}{self.what} "
+                            f"reaches ({_fmt_params(floor)})")
+        need, removed = 0, self.total_params
+        for s in sizes:  # the fewest units that can meet the budget: largest first
+            if removed <= self.max_params:
+                break
+            removed -= s
+            need += 1
+        object.__setattr__(self, "k", max(self.k, need))
 
     @classmethod
     def build(
         cls,
         n_units: int,
-        remove: int | None = None,
+        remove: int | str | tuple[int, int] | None = None,
         sparsity: float | None = None,
         protect: str | Sequence[int] | None = None,
         space: UnitSpace | None = None,
+        max_params: float | str | None = None,
+        unit_params: Sequence[float] | None = None,
+        total_params: float | None = None,
     ) -> "Constraint":
-        """``protect`` names blocks; in a sub-layer ``space`` every unit of a protected block is kept."""
+        """``protect`` names blocks; in a sub-layer ``space`` every unit of a protected block is kept.
+
+        ``remove`` is a count, ``"MIN:MAX"`` or a (min, max) pair; ``max_params`` a count or
+        ``"100M"`` (needs ``unit_params``/``total_params``), alone or with ``remove``.
+        """
         if space is not None and space.kind != "block":
             if space.n_units != n_units:
                 raise ValueError(f"space of {space.n_units} units for a constraint over {n_units}")
             blocks = parse_index_list(protect, space.n_blocks, "protected block")
             what = "sub-layer units" if space.kind == "sublayer" else "units"
-            return cls._build(n_units, remove, sparsity, space.units_of_blocks(blocks), what)
-        return cls._build(n_units, remove, sparsity, parse_index_list(protect, n_units, "protected block"), "blocks")
-
-    @classmethod
-    def _build(cls, n_units, remove, sparsity, protect, what) -> "Constraint":
-        if (remove is None) == (sparsity is None):
-            raise UserError("give exactly one of --remove K or --sparsity F")
+            prot = space.units_of_blocks(blocks)
+        else:
+            what, prot = "blocks", parse_index_list(protect, n_units, "protected block")
+        budget = parse_params(max_params)
+        span = remove if isinstance(remove, tuple) else parse_remove(remove)
+        if budget is not None:
+            if sparsity is not None:
+                raise UserError("give --max-params with --remove MIN:MAX or alone, not with --sparsity")
+            lo, hi = span or (1, min(n_units - len(set(prot)), n_units - 1))
+            if not 0 < lo <= hi < n_units + 1:
+                raise UserError(f"--remove must be between 1 and {n_units - 1} for a model with {n_units} {what}")
+            return cls(n_units, lo, tuple(prot), what, k_max=hi, max_params=budget,
+                       unit_params=tuple(float(p) for p in unit_params) if unit_params is not None else None,
+                       total_params=total_params)
+        if (span is None) == (sparsity is None):
+            raise UserError("give exactly one of --remove K, --remove MIN:MAX, --sparsity F or --max-params N")
         if sparsity is not None:
             if not 0.0 < sparsity < 1.0:
                 raise UserError(f"--sparsity must be in (0, 1), got {sparsity}")
-            remove = int(round(sparsity * n_units))
-            if remove == 0:
+            k = int(round(sparsity * n_units))
+            if k == 0:
                 raise UserError(f"--sparsity {sparsity} removes none of {n_units} {what}")
-        return cls(n_units, int(remove), tuple(protect), what)
+            span = (k, k)
+        return cls(n_units, int(span[0]), tuple(prot), what, k_max=int(span[1]))
+
+    # --- describing ---------------------------------------------------------------------
+    @property
+    def exact(self) -> bool:
+        """Exactly K units removed and nothing else: the space every searcher was first built for."""
+        return self.k == self.k_max and self.max_params is None
+
+    def describe(self) -> str:
+        """The space in words, for messages: ``4 blocks``, ``4 to 10 blocks``, ``... under 100M params``."""
+        count = f"{self.k}" if self.k == self.k_max else f"{self.k} to {self.k_max}"
+        if self.max_params is None:
+            return f"{count} {self.what} removed"
+        return f"{count} {self.what} removed, at most {_fmt_params(self.max_params)} parameters kept"
+
+    def label(self) -> str:
+        """A short name for study names: ``k4``, ``k4-10``, ``p100M``, ``k2-8-p100M``."""
+        out = f"k{self.k}" if self.k == self.k_max else f"k{self.k}-{self.k_max}"
+        if self.max_params is None:
+            return out
+        return f"p{_fmt_params(self.max_params)}" if self.k_max == len(self.removable) else f"{out}-p{_fmt_params(self.max_params)}"
+
+    def to_dict(self) -> dict:
+        return dict(remove=self.k if self.k == self.k_max else [self.k, self.k_max], protect=list(self.protect),
+                    max_params=self.max_params)
 
     @property
     def removable(self) -> tuple[int, ...]:
         prot = set(self.protect)
         return tuple(i for i in range(self.n_units) if i not in prot)
 
+    def params_kept(self, mask: LayerMask) -> float | None:
+        if self.unit_params is None or self.total_params is None:
+            return None
+        return self.total_params - sum(self.unit_params[u] for u in mask.removed())
+
+    def _fits(self, bits: np.ndarray) -> bool:
+        if self.max_params is None:
+            return True
+        return self.total_params - sum(self.unit_params[u] for u in np.flatnonzero(~bits)) <= self.max_params
+
     def is_valid(self, mask: LayerMask) -> bool:
-        if mask.n_units != self.n_units or len(mask.removed()) != self.k:
+        if mask.n_units != self.n_units or not self.k <= len(mask.removed()) <= self.k_max:
             return False
-        return all(mask.bits[p] for p in self.protect)
+        return all(mask.bits[p] for p in self.protect) and self._fits(mask.bits)
 
-    # --- sampling and operators (all keep exactly k removed) ---------------------------
-    def random_mask(self, rng: np.random.Generator) -> LayerMask:
-        removed = rng.choice(np.array(self.removable), size=self.k, replace=False)
-        return LayerMask.from_removed(self.n_units, removed)
-
-    def swap_mutation(self, mask: LayerMask, rng: np.random.Generator, n_swaps: int = 1) -> LayerMask:
-        """Exchange ``n_swaps`` kept-removable blocks with removed ones (EvoPress's move)."""
-        bits = mask.bits.copy()
+    # --- sampling and operators (all stay inside the space) ----------------------------
+    def _prot_bits(self) -> np.ndarray:
         prot = np.zeros(self.n_units, dtype=bool)
         prot[list(self.protect)] = True
+        return prot
+
+    def random_mask(self, rng: np.random.Generator) -> LayerMask:
+        """Uniform over the count range, then uniform over which units; with a parameter
+        budget, units are removed in a random order until it is met (then made tight)."""
+        if self.max_params is None:
+            k = int(rng.integers(self.k, self.k_max + 1))
+            removed = rng.choice(np.array(self.removable), size=k, replace=False)
+            return LayerMask.from_removed(self.n_units, removed)
+        return self.repair(np.ones(self.n_units, dtype=bool), rng)
+
+    def swap_mutation(self, mask: LayerMask, rng: np.random.Generator, n_swaps: int = 1) -> LayerMask:
+        """Exchange ``n_swaps`` kept-removable units with removed ones (EvoPress's move); the
+        count stays, and a parameter budget is restored by :meth:`repair`."""
+        bits = mask.bits.copy()
+        prot = self._prot_bits()
         for _ in range(n_swaps):
             kept = np.flatnonzero(bits & ~prot)
             removed = np.flatnonzero(~bits)
@@ -290,35 +433,79 @@ class Constraint:
             i = rng.choice(kept)
             j = rng.choice(removed)
             bits[i], bits[j] = False, True
-        return LayerMask(bits)
+        return LayerMask(bits) if self.max_params is None else self.repair(bits, rng)
 
-    def repair(self, bits: np.ndarray, rng: np.random.Generator) -> LayerMask:
-        """Project any bitstring onto the space: restore protected blocks, then fix the count.
+    def resize_mutation(self, mask: LayerMask, rng: np.random.Generator) -> LayerMask:
+        """Remove one more unit or put one back (whichever the count range allows, at random):
+        the move that walks a multi-objective search along the size axis."""
+        bits = mask.bits.copy()
+        n = len(mask.removed())
+        grow = n < self.k_max and (n <= self.k or rng.random() < 0.5)
+        if grow:
+            candidates = np.flatnonzero(bits & ~self._prot_bits())
+            if len(candidates):
+                bits[rng.choice(candidates)] = False
+        elif n > self.k:
+            bits[rng.choice(np.flatnonzero(~bits))] = True
+        return self.repair(bits, rng, tight=False)
 
-        Blocks to flip are chosen at random so that repair does not bias the search
-        toward either end of the network.
+    def repair(self, bits: np.ndarray, rng: np.random.Generator, tight: bool = True) -> LayerMask:
+        """Project any bitstring onto the space: restore protected units, then fix the count
+        and the parameter budget.
+
+        Units to flip are chosen at random so that repair does not bias the search toward
+        either end of the network. With a parameter budget and ``tight``, removed units are
+        then put back (in random order) while the budget still holds: removing more than
+        the budget needs only costs quality.
         """
         bits = np.array(bits, dtype=bool).copy()
-        bits[list(self.protect)] = True
+        prot = self._prot_bits()
+        bits[prot] = True
         removed = np.flatnonzero(~bits)
-        if len(removed) > self.k:
-            restore = rng.choice(removed, size=len(removed) - self.k, replace=False)
-            bits[restore] = True
-        elif len(removed) < self.k:
-            prot = np.zeros(self.n_units, dtype=bool)
-            prot[list(self.protect)] = True
-            candidates = np.flatnonzero(bits & ~prot)
-            drop = rng.choice(candidates, size=self.k - len(removed), replace=False)
-            bits[drop] = False
+        if len(removed) > self.k_max:
+            bits[rng.choice(removed, size=len(removed) - self.k_max, replace=False)] = True
+        order = rng.permutation(np.flatnonzero(bits & ~prot))
+        for u in order:  # too few removed, or over the parameter budget
+            if int((~bits).sum()) >= self.k and self._fits(bits):
+                break
+            bits[u] = False
+        if self.max_params is not None and tight:
+            for u in rng.permutation(np.flatnonzero(~bits)):
+                if int((~bits).sum()) <= self.k:
+                    break
+                bits[u] = True
+                if not self._fits(bits):
+                    bits[u] = False
         return LayerMask(bits)
 
     def from_scores(self, scores: Sequence[float]) -> LayerMask:
-        """Keep the ``n - k`` highest-scoring blocks; protected blocks are always kept.
+        """Remove the lowest-scoring units until the mask is valid; protected ones are always kept.
 
         This is how continuous searchers (CMA-ES, Bayesian optimisation over scores) land
-        on exactly ``k`` removed without any repair step. Ties break toward lower index.
+        inside the space without any repair step: exactly ``k`` removed for ``--remove K``,
+        the fewest that meet a range or a parameter budget otherwise. Ties break toward
+        lower index.
         """
         scores = np.asarray(scores, dtype=float)
         removable = np.array(self.removable)
         order = removable[np.lexsort((removable, scores[removable]))]  # ascending score
-        return LayerMask.from_removed(self.n_units, order[: self.k])
+        bits = np.ones(self.n_units, dtype=bool)
+        for u in order:
+            if int((~bits).sum()) >= self.k and self._fits(bits):
+                break
+            bits[u] = False
+        return LayerMask(bits)
+
+    def size(self) -> int | None:
+        """How many masks the space holds; None when a parameter budget makes it uncounted."""
+        if self.max_params is not None:
+            return None
+        r = len(self.removable)
+        return sum(math.comb(r, j) for j in range(self.k, self.k_max + 1))
+
+    def enumerate(self) -> Iterator[tuple[int, ...]]:
+        """Every valid mask's removed units (small spaces only: brute force, exhaustive random)."""
+        for j in range(self.k, self.k_max + 1):
+            for combo in itertools.combinations(self.removable, j):
+                if self.max_params is None or self._fits(LayerMask.from_removed(self.n_units, combo).bits):
+                    yield combo

@@ -81,9 +81,11 @@ def level_switch_swaps(rng: np.random.Generator, max_swaps: int = 3) -> int:
     return int(min(rng.integers(1, max_swaps + 1), rng.integers(1, max_swaps + 1)))
 
 
-def space_size(constraint: Constraint) -> int:
-    """How many distinct masks the constraint allows: C(removable, k)."""
-    return math.comb(len(constraint.removable), constraint.k)
+def space_size(constraint: Constraint) -> float:
+    """How many distinct masks the constraint allows (C(removable, k) for exactly k); a
+    parameter budget leaves the count unknown, which reads as unbounded."""
+    size = constraint.size()
+    return math.inf if size is None else size
 
 
 def check_int(name: str, value, minimum: int = 1, allow_none: bool = False) -> int | None:

@@ -206,9 +206,8 @@ class GeneticSearch(SearcherBase):
 
     def _seeded(self) -> LayerMask:
         """A mask near the single-removal ranking: its k least harmful blocks, then a mutation."""
-        removable = np.array(self.constraint.removable)
-        harm = np.array([self._harm.get(int(i), np.inf) for i in removable])
-        ranked = LayerMask.from_removed(self.constraint.n_units, removable[np.lexsort((removable, harm))][: self.constraint.k])
+        harm = np.array([self._harm.get(i, np.inf) for i in range(self.constraint.n_units)])
+        ranked = self.constraint.from_scores(harm)
         if ranked.key() not in self._asked:
             return ranked
         return self.constraint.swap_mutation(ranked, self.rng, level_switch_swaps(self.rng, self.max_swaps))

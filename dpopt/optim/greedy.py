@@ -40,12 +40,22 @@ class StepwiseSearch(SearcherBase):
         self.beam: list[LayerMask] = [start]
         self._pending: list[LayerMask] = []
         # greedy-add with nothing to restore: the start itself is the answer, but still needs a score
-        self._only_start = len(start.removed()) == constraint.k
+        self._only_start = self._final(start)
+
+    def _final(self, mask: LayerMask) -> bool:
+        """Removing: the first valid mask (fewest units removed). Adding back: the fewest removed
+        the space allows, or no unit can come back without leaving it."""
+        if self.direction == "remove":
+            return self.constraint.is_valid(mask)
+        return len(mask.removed()) <= self.constraint.k or not self._neighbours(mask)
 
     def _neighbours(self, mask: LayerMask) -> list[LayerMask]:
         if self.direction == "remove":
             return [mask.with_removed(i) for i in self.constraint.removable if mask.bits[i]]
-        return [mask.with_kept(i) for i in self.constraint.removable if not mask.bits[i]]
+        back = [mask.with_kept(i) for i in self.constraint.removable if not mask.bits[i]]
+        if self.constraint.max_params is None:
+            return back
+        return [m for m in back if self.constraint.is_valid(m)]  # a parameter budget: only moves that keep it
 
     def ask(self) -> list[LayerMask]:
         if self._done:
@@ -70,7 +80,7 @@ class StepwiseSearch(SearcherBase):
             if len(new_beam) >= self.width:
                 break
         self.beam = new_beam
-        if self._only_start or len(self.beam[0].removed()) == self.constraint.k:
+        if self._only_start or self._final(self.beam[0]):
             self._done = True
 
 

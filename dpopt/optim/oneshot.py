@@ -61,4 +61,8 @@ class AngularSpan(_OneShot):
                 best, best_start = ang[start, start + k], start
         if best_start is None:  # protected blocks split every span: fall back to the best k singles
             return constraint.from_scores(np.array([ang[i, i + 1] for i in range(constraint.n_units)]))
-        return LayerMask.from_removed(constraint.n_units, range(best_start, best_start + k))
+        span = LayerMask.from_removed(constraint.n_units, range(best_start, best_start + k))
+        if constraint.is_valid(span):
+            return span
+        # a parameter budget the span misses: rank single blocks by the same angle instead
+        return constraint.from_scores(np.array([ang[i, i + 1] for i in range(constraint.n_units)]))

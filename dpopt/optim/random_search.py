@@ -5,7 +5,6 @@ exhausted; large ones are sampled by rejection, where a repeat is rare.
 """
 from __future__ import annotations
 
-import itertools
 from typing import Sequence
 
 import numpy as np
@@ -19,7 +18,7 @@ ENUMERATE_LIMIT = 100_000  # spaces up to this size are listed up front (a few M
 
 @register_searcher("random")
 class RandomSearch(SearcherBase):
-    """Uniform masks with exactly k removed, never the same one twice.
+    """Uniform valid masks (exactly k removed, or a count drawn from the range), never the same one twice.
 
     Options: ``batch_size`` (int >= 1, default 16): masks per ask.
     """
@@ -33,7 +32,7 @@ class RandomSearch(SearcherBase):
         self._asked: set[bytes] = set()
         self._queue: list[tuple[int, ...]] | None = None
         if self.space <= ENUMERATE_LIMIT:
-            combos = list(itertools.combinations(constraint.removable, constraint.k))
+            combos = list(constraint.enumerate())
             order = self.rng.permutation(len(combos))
             self._queue = [combos[i] for i in order[::-1]]  # pop() from the end
 

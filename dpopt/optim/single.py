@@ -35,11 +35,9 @@ class SingleShot(SearcherBase):
         n = self.constraint.n_units
         if self._stage == "probe":
             return [LayerMask.from_removed(n, [i]) for i in self.constraint.removable]
-        removable = np.array(self.constraint.removable)
         # blocks never scored (budget cut the probe batch) rank as most harmful
-        harm = np.array([self.harm.get(int(i), np.inf) for i in removable])
-        order = removable[np.lexsort((removable, harm))]
-        self.final = LayerMask.from_removed(n, order[: self.constraint.k])
+        harm = np.array([self.harm.get(i, np.inf) for i in range(n)])
+        self.final = self.constraint.from_scores(harm)
         return [self.final]
 
     def tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
