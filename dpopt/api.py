@@ -111,17 +111,23 @@ def removed_unit_names(lm: LoadedModel, space: UnitSpace, mask: LayerMask) -> li
 def make_evaluator(lm: LoadedModel, objective: str = "ppl", data: str | None = None, tasks: str | None = None,
                    split: str = "calib", data_seed: int = DEFAULT_DATA_SEED, prefix_sharing: bool = True,
                    cache_mb: float | None = None, memory_mb: float | None = None,
-                   units: str | UnitSpace = "block", tie: bool = False, **options) -> Evaluator:
+                   units: str | UnitSpace = "block", tie: bool = False, minimize: str | Sequence[str] | None = None,
+                   cost_options: dict | None = None, **options) -> Evaluator:
     """Build the objective on its data split, prepare it once, and wrap it in the evaluator.
 
     The evaluator's fingerprint names everything that decides its values, so a study never
     mixes values measured under other settings. ``units`` (see :func:`unit_space`) decides
     what a mask's bits mean; a non-block space puts its unit names in the fingerprint (the
     block space leaves it out, so block studies recorded before unit spaces still resume).
+    ``minimize`` names costs (:mod:`dpopt.costs`: ``params``, ``latency``) a multi-objective
+    search minimises beside the objective; their settings join the fingerprint.
     """
+    from .costs import make_costs
+
     from .objectives import build_objective, uses_tasks
 
     space = unit_space(lm, units, tie)  # fails before the data is read
+    costs = make_costs(lm, space, minimize, **(cost_options or {}))
     options = {k: v for k, v in options.items() if v is not None}
     obj, obj_data = build_objective(objective, data=data, tasks=tasks, split=split, seed=data_seed, **options)
     obj.prepare(lm, obj_data)
@@ -138,8 +144,11 @@ def make_evaluator(lm: LoadedModel, objective: str = "ppl", data: str | None = N
     }
     if space.kind != "block":
         settings["units"] = list(space.names)
+    if costs:
+        settings["costs"] = {c.name: c.settings() for c in costs}
     ev = Evaluator(lm, obj, prefix_sharing=prefix_sharing, cache_mb=cache_mb, memory_mb=memory_mb,
                    fingerprint=Fingerprint(settings), units=space)
+    ev.costs = costs
     # the recipe: how `dpopt worker` rebuilds this evaluator on another process or machine
     ev.recipe = dict(model=lm.spec or lm.source, dtype=settings["dtype"], objective=objective,
                      data=_portable(data), tasks=_portable(tasks), split=split, data_seed=data_seed,
@@ -157,24 +166,36 @@ def export(lm: LoadedModel, remove: str | Sequence, out: str, force: bool = Fals
     return export_pruned_units(lm.masked, lm.tokenizer, space.removed_names(mask), out, source=lm.source, force=force)
 
 
-def default_study_name(lm: LoadedModel, evaluator: Evaluator, algo: str, k: int, seed: int) -> str:
-    """Named after the settings, so a changed setting opens a new study instead of a stale one."""
+def default_study_name(lm: LoadedModel, evaluator: Evaluator, algo: str, k, seed: int) -> str:
+    """Named after the settings, so a changed setting opens a new study instead of a stale one.
+
+    ``k``: a count, or the run's Constraint (its label: ``k4``, ``k4-10``, ``p100M``)."""
     units = "" if evaluator.units.kind == "block" else f"-{evaluator.units.kind}"
-    return f"{Path(lm.source).name}-{evaluator.objective.name}{units}-{algo}-k{k}-seed{seed}-{evaluator.fingerprint.short}"
+    size = k.label() if hasattr(k, "label") else f"k{k}"
+    costs = "".join(f"-vs-{c.name}" for c in getattr(evaluator, "costs", []))
+    return (f"{Path(lm.source).name}-{evaluator.objective.name}{costs}{units}-{algo}-{size}-seed{seed}-"
+            f"{evaluator.fingerprint.short}")
 
 
-def open_record(lm: LoadedModel, evaluator: Evaluator, algo: str, k: int, seed: int, storage: str | None,
+def open_record(lm: LoadedModel, evaluator: Evaluator, algo: str, k, seed: int, storage: str | None,
                 study: str | None, extra: dict | None = None):
-    """The study a run records into (None with ``storage="none"``); refuses a foreign fingerprint."""
+    """The study a run records into (None with ``storage="none"``); refuses a foreign fingerprint.
+
+    ``k``: the number of units removed, or the run's Constraint (then its valid masks are
+    the study's COMPLETE trials)."""
     from .tracking import DEFAULT_STORAGE, RunInfo, StudyRecord
 
     if storage == "none":
         return None
+    constraint = k if hasattr(k, "is_valid") else None
+    size = constraint.to_dict()["remove"] if constraint is not None else k
     return StudyRecord(storage or DEFAULT_STORAGE, study or default_study_name(lm, evaluator, algo, k, seed),
                        evaluator.fingerprint, evaluator.objective.name, evaluator.direction,
                        _record_unit_names(evaluator.units),
-                       RunInfo(algo=algo, seed=seed, extra=dict(k=k, model=lm.source, **(extra or {}))),
-                       candidate_size=k, recipe=evaluator.recipe)
+                       RunInfo(algo=algo, seed=seed, extra=dict(k=size, model=lm.source, **(extra or {}))),
+                       candidate_size=None if constraint is not None else k, recipe=evaluator.recipe,
+                       candidate=constraint.is_valid if constraint is not None else None,
+                       costs=getattr(evaluator, "costs", []))
 
 
 def _record_unit_names(space: UnitSpace) -> list[str]:
@@ -209,29 +230,46 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
            budget: int | None = 200, seconds: float | None = None, seed: int = 0,
            storage: str | None = None, study: str | None = None, output: str | None = None,
            progress: bool = True, algo_options: dict | None = None, workers: int = 0,
-           queue: bool = False) -> SearchResult:
+           queue: bool = False, max_params: float | str | None = None, pareto: str | None = None) -> SearchResult:
     """Run one searcher against the evaluator, every evaluation recorded in the study; return the result.
 
     ``workers=N`` scores every batch on N local ``dpopt worker`` processes through the study's
     queue; ``queue=True`` only enqueues, for workers started by hand (other GPUs, machines).
     Either way the searcher asks the same masks and gets the same values as in one process.
+
+    ``remove`` is K or ``"MIN:MAX"``; ``max_params`` (``"100M"``) caps the pruned model's
+    size. An evaluator built with costs (``make_evaluator(minimize=...)``) makes this a
+    multi-objective search: the result carries its Pareto front, also written to ``pareto``
+    (default: ``pareto.json`` beside ``output``) with a plot beside it.
     """
     from .genome import Constraint
     from .optim import Budget, run_search
     from .tracking import DEFAULT_STORAGE
 
+    from .costs import model_params, unit_params
+
     space = evaluator.units
-    constraint = Constraint.build(space.n_units, remove=remove, sparsity=sparsity, protect=protect, space=space)
+    sizes = dict(unit_params=unit_params(lm, space), total_params=model_params(lm)) if max_params is not None else {}
+    constraint = Constraint.build(space.n_units, remove=remove, sparsity=sparsity, protect=protect, space=space,
+                                  max_params=max_params, **sizes)
+    costs = list(getattr(evaluator, "costs", []) or [])
+    if costs and (workers or queue):
+        raise UserError("--minimize is measured in this process: it does not combine with --workers/--queue")
+    pareto_path = pareto or (str(Path(output).with_name("pareto.json")) if output else None) if costs else None
+    if pareto_path:
+        check_writable(pareto_path, "--pareto")
     limits = Budget(budget, seconds)
     if output:
         check_writable(output)
     searcher = make_searcher(algo, constraint, evaluator, seed, algo_options)
+    if costs and not getattr(searcher, "multi_objective", False):
+        raise UserError(f"--minimize needs a multi-objective searcher (nsga2, random); {algo} optimises one number")
     objective_name = evaluator.objective.name
     if (workers or queue) and storage == "none":
         raise UserError("--workers/--queue need a study storage for the queue: give --storage URL, not none")
     if workers < 0:
         raise UserError(f"--workers must be 0 or more, got {workers}")
-    record = open_record(lm, evaluator, algo, constraint.k, seed, storage, study)
+    record = open_record(lm, evaluator, algo, constraint, seed, storage, study)
     pool = None
     if workers or queue:
         from .worker import LocalWorkers
@@ -272,7 +310,8 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
         removed_layers=list(plan.dropped), kept_layers=list(plan.kept()), fitness=best_raw,
         removed_units=plan.names(), units=space.kind,
         dense_fitness=dense, objective=objective_name, direction=evaluator.direction, algo=algo,
-        evaluations=res.evaluations, seed=seed, model=lm.source, n_blocks=lm.n_blocks, remove=constraint.k,
+        evaluations=res.evaluations, seed=seed, model=lm.source, n_blocks=lm.n_blocks,
+        remove=constraint.to_dict()["remove"], max_params=constraint.max_params, minimize=[c.name for c in costs],
         protect=list(constraint.protect), wall_seconds=round(time.perf_counter() - start, 3),
         history=[(n, sign * b) for n, b in res.history], fingerprint=evaluator.fingerprint.digest, settings=settings,
         data=settings.get("data") or settings.get("tasks"), split=settings["split"], data_seed=settings["data_seed"],
@@ -283,10 +322,49 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
         from .artifacts import upload_best_so_far
 
         upload_best_so_far(result.storage, record.study, result.history, objective_name,
-                           f"{algo}, seed {seed}, K={constraint.k}: best {objective_name} so far")
+                           f"{algo}, seed {seed}, {constraint.describe()}: best {objective_name} so far")
+    if costs:
+        result.pareto = _pareto_doc(lm, evaluator, space, constraint, res, result, pareto_path)
     if output:
         result.write_json(output)
     return result
+
+
+def _pareto_doc(lm: LoadedModel, evaluator: Evaluator, space: UnitSpace, constraint, res, result: SearchResult,
+                path: str | None) -> dict:
+    """The front as ``pareto.json`` holds it (raw values, unit names, the costs' noise); written with its plot."""
+    import numpy as np
+
+    from .models.units import plan_units
+    from .pareto import plot_pareto, write_pareto
+
+    sign = 1 if evaluator.direction == "minimize" else -1
+    metrics = [evaluator.objective.name] + [c.name for c in evaluator.costs]
+    dense = LayerMask.dense(space.n_units)
+    dense_row = [evaluator.raw(dense)] + [c.values([dense])[0] for c in evaluator.costs]
+    points = []
+    for i, (mask, row) in enumerate(res.extra["front"]):
+        plan = plan_units(lm.masked, space.removed_names(mask))
+        raw = [sign * float(row[0])] + [float(v) for v in row[1:]]
+        points.append(dict(point=i, removed_units=plan.names(), removed_layers=list(plan.dropped),
+                           n_removed=len(mask.removed()), values=dict(zip(metrics, raw))))
+    doc = dict(model=lm.source, objective=evaluator.objective.name, direction=evaluator.direction, metrics=metrics,
+               cost_units={c.name: c.unit for c in evaluator.costs}, algo=result.algo, seed=result.seed,
+               constraint=constraint.describe(), units=space.kind, evaluations=result.evaluations,
+               evaluated=len(res.extra["evaluated"]), dense=dict(zip(metrics, [float(v) for v in dense_row])),
+               noise={c.name: c.noise() for c in evaluator.costs if c.noise() is not None},
+               study=result.study, storage=result.storage, points=points)
+    if path:
+        doc["file"] = path
+        write_pareto(path, doc)
+        everything = np.array([[sign * r[0], *r[1:]] for _, r in res.extra["evaluated"]], dtype=float)
+        front = np.array([[p["values"][m] for m in metrics] for p in points], dtype=float)
+        png = str(Path(path).with_suffix(".png"))
+        plot_pareto(png, metrics, everything.reshape(-1, len(metrics)), front.reshape(-1, len(metrics)),
+                    title=f"{Path(lm.source).name}: {result.algo}, {constraint.describe()}, "
+                          f"{result.evaluations} evaluations")
+        doc["plot"] = png
+    return doc
 
 
 def _progress_bar(total, desc, enabled=True):

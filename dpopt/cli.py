@@ -72,8 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--algo", default="genetic", help="a searcher name (dpopt algos) or package.module:Class")
     _objective_args(s, "calib")
     g = s.add_mutually_exclusive_group()
-    g.add_argument("--remove", type=int, default=None, help="number of blocks to remove (K)")
+    g.add_argument("--remove", default=None, metavar="K|MIN:MAX",
+                   help="number of units to remove (K), or a range such as 4:10")
     g.add_argument("--sparsity", type=float, default=None, help="fraction of blocks to remove")
+    s.add_argument("--max-params", default=None, metavar="N",
+                   help="keep at most N parameters in the pruned model, e.g. 100M (alone or with --remove MIN:MAX)")
+    s.add_argument("--minimize", default=None, metavar="COST",
+                   help="also minimise a cost, for a Pareto front: params, latency (use --algo nsga2 or random)")
+    s.add_argument("--cost-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option of the --minimize cost, e.g. --cost-option repeats=9 (repeatable)")
+    s.add_argument("--pareto", default=None, metavar="FILE",
+                   help="with --minimize: where the front goes (default pareto.json beside --output), plot beside it")
     s.add_argument("--protect", default=None, help="blocks never removed, e.g. 0,-1 (all their units)")
     s.add_argument("--units", default="block", choices=["block", "sublayer"],
                    help="what one bit removes: a whole block, or a block's attention or MLP (attn.I, mlp.I); "
@@ -101,7 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="write the pruned model as a plain transformers checkpoint")
     _model_args(x)
-    x.add_argument("--remove", required=True, help="units to remove, e.g. 3,7,12 or attn.3,mlp.7,12 (integers: blocks)")
+    xs = x.add_mutually_exclusive_group(required=True)
+    xs.add_argument("--remove", help="units to remove, e.g. 3,7,12 or attn.3,mlp.7,12 (integers: blocks)")
+    xs.add_argument("--from-result", metavar="FILE", help="the mask of a result.json, or a point of a pareto.json")
+    x.add_argument("--point", type=int, default=None, help="with --from-result pareto.json: which point of the front")
     x.add_argument("--out", required=True)
     x.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
@@ -266,13 +278,24 @@ def cmd_search(a) -> int:
     from . import api
 
     options = dict(_parse_option(o) for o in a.option)
-    if a.remove is None and a.sparsity is None:
-        raise UserError("give --remove K or --sparsity F")
+    cost_options = dict(_parse_option(o) for o in a.cost_option)
+    if a.remove is None and a.sparsity is None and a.max_params is None:
+        raise UserError("give --remove K, --remove MIN:MAX, --sparsity F or --max-params N")
+    from .costs import COSTS
+    from .genome import parse_params, parse_remove
     from .optim import SEARCHERS
 
     from .tracking import DEFAULT_STORAGE, check_storage_writable
 
-    SEARCHERS.get(a.algo)  # fail on an unknown --algo before loading anything
+    parse_remove(a.remove), parse_params(a.max_params)  # a malformed size fails before anything loads
+    factory = SEARCHERS.get(a.algo)  # fail on an unknown --algo before loading anything
+    if a.minimize:
+        for name in a.minimize.split(","):
+            COSTS.get(name.strip())
+        if not getattr(factory, "multi_objective", False):
+            raise UserError(f"--minimize needs a multi-objective searcher (nsga2, random); {a.algo} optimises one number")
+    if a.pareto:
+        api.check_writable(a.pareto, "--pareto")
     if a.storage != "none":
         check_storage_writable(a.storage or DEFAULT_STORAGE)
     if a.output:
@@ -280,14 +303,18 @@ def cmd_search(a) -> int:
     lm = api.load(a.model, a.device, a.dtype)
     ev = api.make_evaluator(lm, a.objective, data=a.data, tasks=a.tasks, split=a.split, data_seed=a.data_seed,
                             prefix_sharing=not a.no_prefix_sharing, cache_mb=a.cache_mb, memory_mb=a.memory_mb,
-                            units=a.units, tie=a.tie, **_objective_options(a))
+                            units=a.units, tie=a.tie, minimize=a.minimize, cost_options=cost_options,
+                            **_objective_options(a))
     res = api.search(lm, ev, a.algo, remove=a.remove, sparsity=a.sparsity, protect=a.protect, budget=a.budget,
                      seconds=a.time_budget, seed=a.seed, storage=a.storage, study=a.study, output=a.output,
-                     progress=not a.no_progress, algo_options=options, **_queue_options(a))
+                     progress=not a.no_progress, algo_options=options, max_params=a.max_params, pareto=a.pareto,
+                     **_queue_options(a))
     what = f"{res.removed_layers} of {res.n_blocks} blocks" if res.units == "block" else \
-        f"{', '.join(res.removed_units)} ({res.remove} {res.units} units of a {res.n_blocks}-block model)"
+        f"{', '.join(res.removed_units)} ({res.units} units of a {res.n_blocks}-block model)"
     print(f"best mask: remove {what} ({a.algo}, {res.evaluations} evaluations, {res.wall_seconds:.1f} s)")
     print(f"{res.objective}: {res.fitness:.6g}  (dense model: {res.dense_fitness:.6g})")
+    if res.pareto:
+        print(_front_table(res.pareto))
     if a.output:
         print(f"wrote {a.output}")
     if res.study:
@@ -299,6 +326,21 @@ def cmd_search(a) -> int:
     return 0
 
 
+def _front_table(doc: dict) -> str:
+    """The Pareto front, one line per point, as ``dpopt export --point N`` numbers them."""
+    metrics = doc["metrics"]
+    lines = [f"Pareto front: {len(doc['points'])} points of {doc['evaluated']} masks scored"
+             + (f" (written to {doc['file']}, plot {doc.get('plot')})" if doc.get("file") else ""),
+             "  point  " + "  ".join(f"{m:>12}" for m in metrics) + "  removed"]
+    for p in doc["points"]:
+        lines.append(f"  {p['point']:>5}  " + "  ".join(f"{p['values'][m]:>12.5g}" for m in metrics)
+                     + f"  {','.join(u.removeprefix('block.') for u in p['removed_units'])}")
+    for name, noise in (doc.get("noise") or {}).items():
+        lines.append(f"  {name} noise: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                                       for k, v in noise.items()))
+    return "\n".join(lines)
+
+
 def _next_commands(a, res) -> str:
     """What a user runs next with this mask: export it, judge it on held-out data, look at the study."""
     exe = "dpopt"
@@ -308,6 +350,8 @@ def _next_commands(a, res) -> str:
     data = f" --data {a.data}" if a.data else ""
     lines = ["next:",
              f"  {exe} export --model {model} --remove {removed} --out pruned-model",
+             *([f"  {exe} export --model {model} --from-result {res.pareto['file']} --point N --out pruned-model"
+                "   # any point of the front"] if res.pareto and res.pareto.get("file") else []),
              f"  {exe} eval --model {model} --remove {removed} --objective 'ppl;kl'{data}   # held-out split"]
     if res.study:
         lines.append(f"  {exe} dashboard --storage {res.storage}")
@@ -337,10 +381,18 @@ def cmd_export(a) -> int:
     from . import api
     from .models.export import prepare_out_dir
 
+    remove = a.remove
+    if a.from_result:
+        from .pareto import point_units
+
+        units, _ = point_units(a.from_result, a.point)
+        remove = ",".join(units)
+    elif a.point is not None:
+        raise UserError("--point picks a point of --from-result pareto.json")
     prepare_out_dir(a.out, a.force)  # fail before the model loads
     lm = api.load(a.model, a.device, a.dtype)
-    out = api.export(lm, a.remove, a.out, force=a.force)
-    space, mask = api.parse_removed_units(lm, a.remove)
+    out = api.export(lm, remove, a.out, force=a.force)
+    space, mask = api.parse_removed_units(lm, remove)
     units = api.removed_unit_names(lm, space, mask)
     dropped = sum(u.startswith("block.") for u in units)
     print(f"wrote {out}: {lm.n_blocks - dropped} of {lm.n_blocks} blocks kept (removed {', '.join(units)})")

@@ -33,6 +33,7 @@ class MemoEvaluator:
         self.failures: dict[bytes, str] = {}
         self.n_scored = 0  # masks actually computed (memo misses)
         self.record = None  # the StudyRecord of the run in progress, if any
+        self.costs: list = []  # dpopt.costs.Cost objects a multi-objective search minimises too
 
     def sign(self, raw: float) -> float:
         if not np.isfinite(raw):
@@ -100,6 +101,9 @@ class MemoEvaluator:
             if not np.isfinite(r):
                 self.failures.setdefault(m.key(), f"non-finite objective value ({r})")
             self.memo[(m.key(), fid)] = r
+        scored = [m for m, r in zip(todo, raws) if np.isfinite(r)]
+        for cost in self.costs:  # measured here, outside the record's lock; cached per mask
+            cost.values(scored)
         if self.record is not None:
             self.record.complete(todo, fid, raws, self.failures, time.perf_counter() - start)
 

@@ -303,9 +303,8 @@ class Constraint:
         sizes = sorted((self.unit_params[u] for u in self.removable), reverse=True)
         floor = self.total_params - sum(sizes[: self.k_max])
         if floor > self.max_params:
-            limit = f"at most {self.k_max} " if self.k_max < len(sizes) else "every removable "
-            raise UserError(f"--max-params {_fmt_params(self.max_params)} is below what removing {limit}{self.what} "
-                            f"reaches ({_fmt_params(floor)})")
+            raise UserError(f"--max-params {_fmt_params(self.max_params)} is below what removing the largest "
+                            f"{self.k_max} of the {len(sizes)} removable {self.what} reaches ({_fmt_params(floor)})")
         need, removed = 0, self.total_params
         for s in sizes:  # the fewest units that can meet the budget: largest first
             if removed <= self.max_params:

@@ -25,7 +25,7 @@ class SearchResult:
     seed: int
     model: str
     n_blocks: int
-    remove: int
+    remove: int | list[int]  # K, or [MIN, MAX] for a range
     protect: list[int]
     wall_seconds: float
     history: list[tuple[int, float]]  # (evaluations asked, best value so far)
@@ -44,14 +44,20 @@ class SearchResult:
     # (``removed_layers`` lists only the blocks dropped whole); ``units`` names the search space
     removed_units: list[str] = field(default_factory=list)
     units: str = "block"
+    max_params: float | None = None  # --max-params, in parameters
+    minimize: list[str] = field(default_factory=list)  # costs minimised beside the objective
+    pareto: dict[str, Any] | None = None  # the front (what pareto.json holds) of a multi-objective run
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["history"] = [list(h) for h in self.history]
         if not self.interrupted:
             d.pop("interrupted")
-        if self.kl_topk is None:
-            d.pop("kl_topk")
+        for key in ("kl_topk", "max_params", "pareto"):
+            if d[key] is None:
+                d.pop(key)
+        if not self.minimize:
+            d.pop("minimize")
         return d
 
     def write_json(self, path: str | os.PathLike) -> None:

@@ -275,7 +275,8 @@ class StudyRecord:
 
     def __init__(self, storage: str, study_name: str, fingerprint: Fingerprint, metric: str, direction: str,
                  unit_names: Sequence[str], run: RunInfo | None = None, create: bool = True,
-                 candidate_size: int | None = None, recipe: dict | None = None, owner: str | None = None):
+                 candidate_size: int | None = None, recipe: dict | None = None, owner: str | None = None,
+                 candidate=None, costs: Sequence = ()):
         import optuna
         from optuna.distributions import IntDistribution
 
@@ -287,6 +288,9 @@ class StudyRecord:
         self.distributions = {p: IntDistribution(0, 1) for p in self.params}
         self.run = run or RunInfo()
         self.candidate_size = candidate_size
+        self.candidate = candidate  # is_valid of the run's constraint: which masks are answers (COMPLETE)
+        self.costs = list(costs)  # a multi-objective study: each trial's values are [raw, *costs(mask)]
+        self.directions = [direction] + ["minimize"] * len(self.costs)
         self.batch: int | None = None
         self.owner = owner or new_owner()
         self.recipe = recipe
@@ -309,16 +313,17 @@ class StudyRecord:
         try:
             if create:
                 study = optuna.create_study(storage=self.storage, study_name=self.study_name,
-                                            direction=self.direction, load_if_exists=True)
+                                            directions=self.directions, load_if_exists=True)
             else:
                 study = optuna.load_study(storage=self.storage, study_name=self.study_name)
         except KeyError:
             raise UserError(f"no study named {self.study_name!r} in {self.url}") from None
         except Exception as exc:
             raise UserError(f"cannot open study {self.study_name!r} in {self.url}: {_one_line(exc)}") from None
-        if study.direction.name.lower() != self.direction:
-            raise UserError(f"study {self.study_name!r} exists with direction {study.direction.name.lower()}, "
-                            f"but the objective is to {self.direction}")
+        directions = [d.name.lower() for d in study.directions]
+        if directions != self.directions:
+            raise UserError(f"study {self.study_name!r} exists with directions {', '.join(directions)}, "
+                            f"but this run minimises {', '.join(self.metrics)} in directions {', '.join(self.directions)}")
         attrs = study.user_attrs
         if "fingerprint" in attrs and attrs["fingerprint"] != self.fingerprint.digest:
             diff = self.fingerprint.differences(attrs.get("settings", {}))
@@ -333,11 +338,19 @@ class StudyRecord:
             study.set_user_attr("recipe", self.recipe)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # experimental in Optuna, and what the dashboard reads
-                study.set_metric_names([self.metric])
+                study.set_metric_names(self.metrics)
         study.set_user_attr(f"run:{self.run.run}", dict(algo=self.run.algo, seed=self.run.seed, owner=self.owner,
                                                         started=datetime.now().isoformat(timespec="seconds"),
                                                         **self.run.extra))
         return study
+
+    @property
+    def metrics(self) -> list[str]:
+        return [self.metric] + [c.name for c in self.costs]
+
+    def _values(self, mask: LayerMask, raw: float) -> list[float]:
+        """A trial's values: the objective's, then each cost's (cached per mask by the cost)."""
+        return [float(raw)] + [float(c.values([mask])[0]) for c in self.costs]
 
     # --- reading -----------------------------------------------------------------------------
     def mask_of(self, params: dict) -> LayerMask | None:
@@ -368,12 +381,18 @@ class StudyRecord:
 
         self._sync()
         values, failures = {}, {}
+        known: list[dict[bytes, float]] = [{} for _ in self.costs]
         for k, t in self._by_key.items():
             if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
                 values[k] = float(t.values[0])
+                if len(t.values) == 1 + len(self.costs):  # costs are per mask: not measured again on resume
+                    for cost_known, v in zip(known, t.values[1:]):
+                        cost_known[k[0]] = float(v)
             elif t.state == optuna.trial.TrialState.FAIL:
                 values[k] = float("nan")
                 failures[k[0]] = t.user_attrs.get("failure", "failed")
+        for cost, cost_known in zip(self.costs, known):
+            cost.seed(cost_known)
         return values, failures
 
     def n_trials(self) -> int:
@@ -393,6 +412,8 @@ class StudyRecord:
         greedy's steps with fewer units removed, so the study's best trial is a real answer."""
         from optuna.trial import TrialState
 
+        if self.candidate is not None:
+            return TrialState.COMPLETE if self.candidate(mask) else TrialState.PRUNED
         if self.candidate_size is None or len(mask.removed()) == self.candidate_size:
             return TrialState.COMPLETE
         return TrialState.PRUNED
@@ -409,7 +430,8 @@ class StudyRecord:
         if reason:
             attrs["failure"] = reason
         finished = state.is_finished()
-        template = FrozenTrial(number=-1, state=state, value=None, values=[value] if value is not None else None,
+        template = FrozenTrial(number=-1, state=state, value=None,
+                               values=self._values(mask, value) if value is not None else None,
                                datetime_start=now, datetime_complete=now if finished else None,
                                params=self._params(mask), distributions=self.distributions, user_attrs=attrs,
                                system_attrs={"dpopt:owner": self.owner} if state == TrialState.RUNNING else {},
@@ -511,7 +533,7 @@ class StudyRecord:
                     continue  # adopted by another process that took us for dead: its value stands
                 self.storage.set_trial_user_attr(tid, "seconds", round(share, 6))
                 if math.isfinite(raw):
-                    self.storage.set_trial_state_values(tid, self._done_state(m), [float(raw)])
+                    self.storage.set_trial_state_values(tid, self._done_state(m), self._values(m, raw))
                 else:
                     self.storage.set_trial_user_attr(tid, "failure", failures.get(m.key(), f"non-finite value ({raw})"))
                     self.storage.set_trial_state_values(tid, TrialState.FAIL)

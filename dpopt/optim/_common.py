@@ -28,6 +28,8 @@ class SearcherBase:
     # ``run_search`` reads it after every ask, so a searcher may change it between batches
     race_schedule: list[tuple[int | None, int]] | None = None
     needs_block_stats = False
+    # True: ``tell`` takes one row per mask, [objective, cost, ...] (``--minimize``); see nsga2
+    multi_objective = False
 
     def __init__(self, constraint: Constraint, seed: int = 0):
         if not isinstance(constraint, Constraint):

@@ -88,6 +88,10 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, record=None,
     masks seen before is stopped after a while so the loop cannot spin forever. Recording is
     the evaluator's (every evaluation, raced or not, is a trial); ``record`` here only learns
     the batch number, so each trial says which generation asked for it.
+
+    With costs on the evaluator (``--minimize``), a multi-objective searcher is told one row
+    per mask, ``[fitness, cost, ...]``, and the result's ``extra["front"]`` holds the Pareto
+    front of every valid mask scored in full (``extra["evaluated"]``: all of them).
     """
     start = time.perf_counter()
     seen: set[bytes] = set()  # every mask asked so far: what the budget counts
@@ -101,6 +105,11 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, record=None,
     interrupted = timed_out = False
     valid_told = 0
     batch_no = 0
+    costs = list(getattr(evaluator, "costs", None) or [])
+    if costs and not getattr(searcher, "multi_objective", False):
+        raise UserError(f"--minimize needs a multi-objective searcher (nsga2, random); {searcher.name} "
+                        "optimises one number")
+    scored: dict[bytes, tuple[LayerMask, np.ndarray]] = {}  # with costs: valid masks scored in full -> row
     searcher.bind(list(evaluator.fidelities()))
     try:
         while not searcher.done:
@@ -149,7 +158,14 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, record=None,
                     if f < best_fit:
                         best_fit, best_mask = float(f), m
             history.append((len(seen), best_fit))
-            searcher.tell(masks, fitness)
+            if costs:
+                rows = np.column_stack([np.asarray(fitness, dtype=float)]
+                                       + [np.asarray(c.values(masks), dtype=float) for c in costs])
+                if fidelity is None:
+                    scored.update((m.key(), (m, r)) for m, r in zip(masks, rows) if constraint.is_valid(m))
+                searcher.tell(masks, rows)
+            else:
+                searcher.tell(masks, fitness)
             if progress is not None:
                 progress(len(seen), best_fit)
             stale_batches = 0 if n_new else stale_batches + 1
@@ -162,14 +178,26 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, record=None,
             raise KeyboardInterrupt
         if valid_told:
             reasons = sorted(set(evaluator.failures.values()))
-            raise UserError(f"every one of the {valid_told} masks with {constraint.k} {getattr(constraint, 'what', 'blocks')} removed failed to score "
+            raise UserError(f"every one of the {valid_told} masks with {_space(constraint)} failed to score "
                             f"({reasons[0] if reasons else 'non-finite value'}); check the objective and data")
         if timed_out:
             raise UserError(f"the time budget of {budget.seconds:g} s ran out before {searcher.name} reached a mask "
-                            f"with {constraint.k} {getattr(constraint, 'what', 'blocks')} removed; raise --time-budget")
+                            f"with {_space(constraint)}; raise --time-budget")
         if len(seen):
             raise UserError(f"the budget of {len(seen)} evaluations ran out before {searcher.name} reached a mask "
-                            f"with {constraint.k} {getattr(constraint, 'what', 'blocks')} removed; raise --budget")
+                            f"with {_space(constraint)}; raise --budget")
         raise UserError(f"searcher {searcher.name!r} proposed no mask")
-    return SearchResult(best_mask, best_fit, len(seen), time.perf_counter() - start, history,
-                        extra={"interrupted": True} if interrupted else {})
+    extra: dict[str, Any] = {"interrupted": True} if interrupted else {}
+    if costs:
+        from ..pareto import front_points
+
+        extra["evaluated"] = list(scored.values())
+        extra["front"] = front_points(extra["evaluated"])
+    return SearchResult(best_mask, best_fit, len(seen), time.perf_counter() - start, history, extra=extra)
+
+
+def _space(constraint) -> str:
+    """``6 blocks removed``, ``4 to 10 sub-layer units removed``, ... (a user constraint may lack describe)."""
+    if hasattr(constraint, "describe"):
+        return constraint.describe()
+    return f"{constraint.k} {getattr(constraint, 'what', 'blocks')} removed"

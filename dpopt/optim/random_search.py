@@ -24,6 +24,7 @@ class RandomSearch(SearcherBase):
     """
 
     name = "random"
+    multi_objective = True  # it ignores what it is told, so any number of objectives will do
 
     def __init__(self, constraint: Constraint, seed: int = 0, batch_size: int = 16):
         super().__init__(constraint, seed)
@@ -60,4 +61,5 @@ class RandomSearch(SearcherBase):
         return batch
 
     def tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
-        self._record(masks, fitness)
+        fitness = np.asarray(fitness, dtype=float)
+        self._record(masks, fitness if fitness.ndim == 1 else fitness[:, 0])
