@@ -360,7 +360,8 @@ def _pareto_doc(lm: LoadedModel, evaluator: Evaluator, space: UnitSpace, constra
         everything = np.array([[sign * r[0], *r[1:]] for _, r in res.extra["evaluated"]], dtype=float)
         front = np.array([[p["values"][m] for m in metrics] for p in points], dtype=float)
         png = str(Path(path).with_suffix(".png"))
-        plot_pareto(png, metrics, everything.reshape(-1, len(metrics)), front.reshape(-1, len(metrics)),
+        labels = [metrics[0]] + [f"{c.name} ({c.unit})" for c in evaluator.costs]
+        plot_pareto(png, metrics, everything.reshape(-1, len(metrics)), front.reshape(-1, len(metrics)), labels=labels,
                     title=f"{Path(lm.source).name}: {result.algo}, {constraint.describe()}, "
                           f"{result.evaluations} evaluations")
         doc["plot"] = png

@@ -69,7 +69,7 @@ def write_pareto(path: str | os.PathLike, doc: dict) -> None:
 
 
 def plot_pareto(path: str | os.PathLike, metrics: Sequence[str], everything: np.ndarray, front: np.ndarray,
-                title: str = "", xerr: np.ndarray | None = None) -> None:
+                title: str = "", xerr: np.ndarray | None = None, labels: Sequence[str] | None = None) -> None:
     """Every evaluated mask in grey, the front as a line, for the objective (y) against the first cost (x)."""
     import matplotlib
 
@@ -86,8 +86,9 @@ def plot_pareto(path: str | os.PathLike, metrics: Sequence[str], everything: np.
             ax.errorbar(front[:, 1], front[:, 0], xerr=xerr, fmt="none", ecolor="C3", alpha=0.5, lw=1)
         for i, (y, x) in enumerate(front[:, :2]):
             ax.annotate(str(i), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
-    ax.set_xlabel(metrics[1])
-    ax.set_ylabel(metrics[0])
+    labels = list(labels or metrics)
+    ax.set_xlabel(labels[1])
+    ax.set_ylabel(labels[0])
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -108,7 +108,8 @@ def _sigkill_holding_claims(storage: str, study: str, deadline: float = 240) -> 
 
 def test_sigkilled_worker_loses_nothing(ck, text_file, fresh_postgres_url, tmp_path, monkeypatch):
     """One of two workers is SIGKILLed holding claims: they go back to the queue and the other scores them."""
-    monkeypatch.setenv("DPOPT_LEASE_SECONDS", "5")
+    # a dead pid on this host is seen at once; the lease only has to outlast heartbeats delayed by a loaded machine
+    monkeypatch.setenv("DPOPT_LEASE_SECONDS", "20")
     out = {}
     search = threading.Thread(target=lambda: out.setdefault("rc", cli(
         search_args(ck, text_file, budget=40) + ["--storage", fresh_postgres_url, "--study", "k", "--workers", 2,
