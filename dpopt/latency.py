@@ -41,6 +41,31 @@ CLOCKS: dict[str, Callable[[], float]] = {
     "wall": time.perf_counter,  # what a user waits; on a shared CPU it also times the neighbours
     "cpu": time.process_time,  # this process's CPU time: with one thread, the work done, whoever else runs
 }
+AUTO = "auto"
+
+
+def resolve_threads(threads: int | None, device: torch.device) -> int | None:
+    """None means one thread on a CPU (see :func:`resolve_clock`) and torch's own setting on an accelerator.
+
+    On a CPU shared with other jobs, several intra-op threads wait on each other's cores:
+    SmolLM2-135M's decode measured 365 ms/token with 2 threads on a loaded 2-core machine
+    against 59 with one, with 8x the run-to-run spread.
+    """
+    if threads is None:
+        return 1 if device.type == "cpu" else None
+    if int(threads) < 1:
+        raise UserError(f"latency threads must be >= 1, got {threads}")
+    return int(threads)
+
+
+def resolve_clock(clock: str, device: torch.device, threads: int) -> str:
+    """``auto``: CPU time on a one-thread CPU run (equal to wall time on an idle machine, and not
+    inflated by other jobs on a busy one), wall time otherwise (an accelerator, several threads)."""
+    if clock == AUTO:
+        return "cpu" if device.type == "cpu" and threads == 1 else "wall"
+    if clock not in CLOCKS:
+        raise UserError(f"unknown latency clock {clock!r}; use one of {AUTO}, {', '.join(CLOCKS)}")
+    return clock
 
 
 @dataclass
@@ -55,6 +80,8 @@ class Timing:
     noise: float  # (max - min) / median of the per-run workload times
     runs: list[tuple[float, float]] = field(default_factory=list)  # (prefill s, decode s) per timed run
     seconds: float = 0.0  # wall time the whole measurement took, warm-up included
+    clock: str = "wall"  # the clock the runs were timed with (``auto`` resolved)
+    threads: int = 1  # torch intra-op threads while timing
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,8 +116,6 @@ def torch_threads(n: int | None) -> Iterator[int]:
     """Run with ``n`` intra-op threads (None: as set), restoring the previous count."""
     before = torch.get_num_threads()
     if n is not None:
-        if n < 1:
-            raise UserError(f"latency threads must be >= 1, got {n}")
         torch.set_num_threads(int(n))
     try:
         yield torch.get_num_threads()
@@ -142,24 +167,28 @@ def _one_run(model, ids: torch.Tensor, new_tokens: int, clock: Callable[[], floa
 
 def measure(model: torch.nn.Module, prompt_len: int = 32, new_tokens: int = 8, warmup: int = 1,
             repeats: int = 3, device: str | torch.device | None = None, input_ids: torch.Tensor | None = None,
-            clock: str = "wall") -> Timing:
-    """Time ``model`` on the fixed workload (see the module docstring); ``device`` defaults to the model's."""
+            clock: str = AUTO, threads: int | None = None) -> Timing:
+    """Time ``model`` on the fixed workload (see the module docstring); ``device`` defaults to the model's.
+
+    A warm-up run is short (the prefill and one decode step): it touches every weight and
+    kernel the timed runs use, which is what the first call pays for, at a fraction of a run.
+    """
     if repeats < 1 or warmup < 0 or prompt_len < 1 or new_tokens < 1:
         raise UserError(f"latency needs repeats >= 1, warmup >= 0, prompt_len >= 1, new_tokens >= 1 "
                         f"(got {repeats}, {warmup}, {prompt_len}, {new_tokens})")
-    if clock not in CLOCKS:
-        raise UserError(f"unknown latency clock {clock!r}; use one of {', '.join(CLOCKS)}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     ids = (input_ids if input_ids is not None else prompt_ids(model, prompt_len)).to(device)
     prompt_len = int(ids.shape[1])
-    tick, sync, style = CLOCKS[clock], _sync(device), _call_style(model)
+    sync, style = _sync(device), _call_style(model)
     start = time.perf_counter()
     runs = []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            run = _one_run(model, ids, new_tokens, tick, sync, style)
-            if i >= warmup:
-                runs.append(run)
+    with torch_threads(resolve_threads(threads, device)) as n_threads, torch.inference_mode():
+        clock = resolve_clock(clock, device, n_threads)
+        tick = CLOCKS[clock]
+        for _ in range(warmup):
+            _one_run(model, ids, 1, tick, sync, style)
+        for _ in range(repeats):
+            runs.append(_one_run(model, ids, new_tokens, tick, sync, style))
     totals = [p + d for p, d in runs]
     med = statistics.median(totals)
     return Timing(prompt_len=prompt_len, new_tokens=int(new_tokens),
@@ -167,12 +196,13 @@ def measure(model: torch.nn.Module, prompt_len: int = 32, new_tokens: int = 8, w
                   decode_ms=1e3 * statistics.median(d for _, d in runs) / new_tokens,
                   total_ms=1e3 * med / (prompt_len + new_tokens),
                   noise=(max(totals) - min(totals)) / med if med > 0 else 0.0,
-                  runs=[(float(p), float(d)) for p, d in runs], seconds=time.perf_counter() - start)
+                  runs=[(float(p), float(d)) for p, d in runs], seconds=time.perf_counter() - start,
+                  clock=clock, threads=n_threads)
 
 
 def measure_checkpoint(path: str | os.PathLike, prompt_len: int = 32, new_tokens: int = 8, warmup: int = 1,
                        repeats: int = 3, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                       threads: int | None = None, clock: str = "wall") -> Timing:
+                       threads: int | None = None, clock: str = AUTO) -> Timing:
     """Load an exported folder with plain ``AutoModelForCausalLM.from_pretrained`` and time it like a mask."""
     from transformers import AutoModelForCausalLM
 
@@ -180,8 +210,7 @@ def measure_checkpoint(path: str | os.PathLike, prompt_len: int = 32, new_tokens
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} is not an exported checkpoint (no config.json)")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
-    with torch_threads(threads):
-        return measure(model, prompt_len, new_tokens, warmup, repeats, device, clock=clock)
+    return measure(model, prompt_len, new_tokens, warmup, repeats, device, clock=clock, threads=threads)
 
 
 def device_name(device: torch.device) -> str:
@@ -202,9 +231,10 @@ def device_name(device: torch.device) -> str:
 class LatencyCost(CachedCost):
     """Measured ms per token of the pruned model on the model's device; cached per mask.
 
-    The defaults (32-token prompt, 8 decode steps, 1 warm-up, 3 timed runs) take about a
-    second per mask for SmolLM2-135M on a CPU core (``benchmarks/latency.py``). The dense
-    model is measured once on construction (``self.dense``), the reference a report divides by.
+    The defaults (32-token prompt, 8 decode steps, a short warm-up, 3 timed runs; one thread
+    and CPU time on a CPU) take about 1-1.5 s per mask for SmolLM2-135M on one CPU core
+    (``benchmarks/latency.py`` prints it). The dense model is measured once on construction
+    (``self.dense``): the reference a report divides by, and the dense mask's value.
     """
 
     name = "latency"
@@ -212,21 +242,23 @@ class LatencyCost(CachedCost):
     OPTIONS = ("prompt_len", "new_tokens", "repeats", "warmup", "threads", "clock")
 
     def __init__(self, lm, space: UnitSpace, prompt_len: int = 32, new_tokens: int = 8, repeats: int = 3,
-                 warmup: int = 1, threads: int | None = None, clock: str = "wall"):
+                 warmup: int = 1, threads: int | None = None, clock: str = AUTO):
         super().__init__()
-        if clock not in CLOCKS:
-            raise UserError(f"unknown latency clock {clock!r}; use one of {', '.join(CLOCKS)}")
         self.lm, self.space = lm, space
         self.prompt_len, self.new_tokens = int(prompt_len), int(new_tokens)
-        self.repeats, self.warmup, self.threads, self.clock = int(repeats), int(warmup), threads, clock
+        self.repeats, self.warmup = int(repeats), int(warmup)
+        device = lm.masked.device
+        self.threads = resolve_threads(threads, device)  # decided once: it is part of the settings
+        self.clock = resolve_clock(clock, device, self.threads or torch.get_num_threads())
         self.timings: dict[bytes, Timing] = {}
         dense = LayerMask.dense(space.n_units)
         self.dense: Timing = self._measure(dense)
         self.cache[dense.key()] = self.dense.total_ms
 
     def _measure(self, mask: LayerMask) -> Timing:
-        with torch_threads(self.threads), pruned_view(self.lm, self.space, mask) as model:
-            timing = measure(model, self.prompt_len, self.new_tokens, self.warmup, self.repeats, clock=self.clock)
+        with pruned_view(self.lm, self.space, mask) as model:
+            timing = measure(model, self.prompt_len, self.new_tokens, self.warmup, self.repeats,
+                             clock=self.clock, threads=self.threads)
         self.timings[mask.key()] = timing
         return timing
 
@@ -240,15 +272,14 @@ class LatencyCost(CachedCost):
 
     def settings(self) -> dict[str, Any]:
         device = self.lm.masked.device
-        with torch_threads(self.threads) as n:
-            threads = n
         return {"cost": self.name, "unit": self.unit, "device": device.type, "device_name": device_name(device),
-                "dtype": str(self.lm.masked.dtype).removeprefix("torch."), "threads": threads,
-                "torch": torch.__version__, "prompt_len": self.prompt_len, "new_tokens": self.new_tokens,
-                "warmup": self.warmup, "repeats": self.repeats, "clock": self.clock,
-                "sublayers": "zeroed-as-exported"}
+                "dtype": str(self.lm.masked.dtype).removeprefix("torch."),
+                "threads": self.threads or torch.get_num_threads(), "clock": self.clock, "torch": torch.__version__,
+                "prompt_len": self.prompt_len, "new_tokens": self.new_tokens, "warmup": self.warmup,
+                "repeats": self.repeats, "sublayers": "zeroed-as-exported"}
 
     def noise(self) -> dict[str, Any]:
-        measured = [t.noise for k, t in self.timings.items()]
+        """(max - min) / median of each measured mask's runs, summarised (the dense reference included)."""
+        measured = [t.noise for t in self.timings.values()]
         return {"median": statistics.median(measured), "max": max(measured), "repeats": self.repeats,
                 "masks": len(measured), "dense_ms": self.dense.total_ms, "dense_noise": self.dense.noise}
