@@ -9,7 +9,7 @@ both values in ms per token (prefill+decode workload), their ratio, each one's n
 ((max - min) / median over the repeats), prefill and decode parts, and the wall seconds one
 measurement took. The issue asks the ratio to stay within 10% of 1.
 
-    PYTHONPATH=. nice -n 10 python benchmarks/latency.py                 # about 2 minutes
+    PYTHONPATH=. nice -n 10 python benchmarks/latency.py                 # ~40 s on one core
     PYTHONPATH=. nice -n 10 python benchmarks/latency.py --threads 2 --clock wall
 """
 from __future__ import annotations

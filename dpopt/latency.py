@@ -14,7 +14,10 @@ decode steps reading that cache. The scalar cost is the workload's time divided 
 tokens, ``(prefill + decode) / (prompt_len + new_tokens)`` in ms per token: one number that
 prefill-heavy and decode-heavy masks both move. Prefill ms per prompt token and decode ms per
 generated token are kept beside it (:class:`Timing`) for reports. Each value is the median of
-``repeats`` timed runs after ``warmup`` untimed ones; its noise is ``(max - min) / median``.
+``repeats`` timed runs after ``warmup`` short untimed ones; its noise is ``(max - min) / median``.
+On a CPU the default is one torch thread timed by this process's CPU time (see
+:func:`resolve_threads`, :func:`resolve_clock`); on an accelerator, wall time with the device
+synchronised around each phase.
 
 :func:`measure_checkpoint` times an exported folder loaded with plain ``from_pretrained`` the
 same way: how a Pareto point's search-time latency is checked on the real checkpoint.
