@@ -119,3 +119,4 @@ def make_costs(lm, space: UnitSpace, names: Sequence[str] | str | None, **option
         own = {k: v for k, v in options.items() if k in getattr(factory, "OPTIONS", ())}
         out.append(factory(lm, space, **own))
     return out
+from . import latency  # noqa: E402,F401  (registers the measured latency cost)

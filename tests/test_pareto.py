@@ -292,3 +292,26 @@ def test_bad_sizes_are_one_line(args, match, tiny_ck, calib, tmp_path, capsys):
                           *args], capsys)
     lines = [x for x in err.splitlines() if x.strip() and not x.startswith("Loading weights")]
     assert rc == 2 and match in err and len(lines) == 1 and "Traceback" not in err, err
+
+
+def test_minimize_latency_records_measured_values(tiny_ck, calib, tmp_path):
+    """The measured cost travels the same path: one value per mask in the study, its settings in the fingerprint."""
+    import optuna
+
+    from dpopt import api
+
+    lm = api.load(str(tiny_ck))
+    ev = api.make_evaluator(lm, "kl", data=str(calib), tokens=64, seq_len=32, minimize="latency",
+                            cost_options=dict(repeats=1, new_tokens=2, prompt_len=8))
+    db = f"sqlite:///{tmp_path}/l.db"
+    res = api.search(lm, ev, "random", remove="1:3", budget=12, storage=db, study="lat", output=None, progress=False)
+    assert ev.fingerprint.settings["costs"]["latency"]["repeats"] == 1
+    study = optuna.load_study(study_name="lat", storage=db)
+    assert study.metric_names == ["kl", "latency"]
+    cost = ev.costs[0]
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 12
+    for t in done:
+        mask = LayerMask([bool(t.params[f"keep_{i:02d}"]) for i in range(BLOCKS)])
+        assert t.values[1] == cost.cache[mask.key()] > 0
+    assert res.pareto["noise"]["latency"]["repeats"] == 1 and res.pareto["points"]
