@@ -62,6 +62,15 @@ def make_tiny_lm(family: str, n_blocks: int = 6, seed: int = 0, vocab_size: int 
     return LoadedModel(model, ToyTokenizer(), MaskedModel(model), source=f"tiny-{family}")
 
 
+def run_cli(args, capsys):
+    """``dpopt ARGS`` in this process: (exit status, stdout, stderr); arguments may be paths or numbers."""
+    from dpopt.cli import main
+
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
 @pytest.fixture
 def toy_tokenizer() -> ToyTokenizer:
     return ToyTokenizer()

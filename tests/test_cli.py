@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dpopt.cli import main
+from conftest import run_cli
 from dpopt.models.tiny import save_tiny_checkpoint
 
 IDENTITY = (2, 5, 9)
@@ -27,12 +27,6 @@ def text_file(tmp_path_factory):
     paras = [f"Paragraph {i}: the quick brown fox number {i} jumps over {i * 7} lazy dogs by the river." for i in range(80)]
     path.write_text("\n\n".join(paras))
     return path
-
-
-def run_cli(args, capsys):
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 def assert_user_error(rc, err, needle):

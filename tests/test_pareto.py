@@ -17,6 +17,7 @@ from dpopt.fitness import FunctionEvaluator
 from dpopt.genome import Constraint, LayerMask, parse_params, parse_remove
 from dpopt.optim import SEARCHERS, Budget, run_search
 from dpopt.pareto import front_points, hypervolume_2d, nondominated, point_units
+from conftest import run_cli
 
 N = 10
 SIZES = np.array([3.0, 1.0, 2.0, 5.0, 1.0, 4.0, 2.0, 3.0, 1.0, 2.0])
@@ -192,18 +193,8 @@ def tiny_ck(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def calib(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "calib.txt"
-    path.write_text("\n\n".join(f"Paragraph {i}: the quick brown fox {i} jumps over {i * 7} lazy dogs." for i in range(60)))
-    return path
-
-
-def run_cli(args, capsys):
-    from dpopt.cli import main
-
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+def calib(text_file):
+    return text_file
 
 
 def _unit_params(model) -> dict[str, int]:

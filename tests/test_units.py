@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ToyTokenizer, make_tiny_lm
+from conftest import ToyTokenizer, make_tiny_lm, run_cli
 from dpopt import api
-from dpopt.cli import main
 from dpopt.errors import UserError
 from dpopt.evaluator import Evaluator, LoadedModel
 from dpopt.genome import Constraint, LayerMask, UnitSpace
@@ -136,10 +135,6 @@ def text_file(tmp_path_factory):
     return path
 
 
-def run_cli(args, capsys):
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 @pytest.mark.parametrize("algo,budget", [("greedy", 100), ("genetic", 300)])
