@@ -68,7 +68,7 @@ def main() -> None:
     costs["sublayer"] = LatencyCost(lm, sub_space, **opts)
     print(f"{MODEL} on {device_name(lm.masked.device)}, {lm.masked.dtype}, threads={costs['block'].settings()['threads']}, "
           f"clock={costs['block'].clock}; workload: {args.prompt_len}-token prefill + {args.new_tokens} cached decode steps, "
-          f"median of {args.repeats} runs after {args.warmup} warm-up; two dense references took "
+          f"fastest of {args.repeats} runs after {args.warmup} warm-up; two dense references took "
           f"{time.perf_counter() - t:.1f} s")
     print(f"{'mask':<11}{'blocks':>7}{'view ms/tok':>12}{'noise':>7}{'ckpt ms/tok':>12}{'noise':>7}{'ckpt/view':>10}"
           f"{'view pre/dec ms':>17}{'ckpt pre/dec ms':>17}{'s/meas':>8}")

@@ -67,7 +67,7 @@ def main() -> None:
     lines = [f"# KL vs latency on {a.model}: the front re-measured on its exported checkpoints", "",
              f"`python benchmarks/pareto_smollm2.py --report {a.report}` (nsga2, seed {a.seed}, --remove {a.remove}, "
              f"budget {a.budget}, KL on {a.tokens} calibration tokens in {a.seq_len}-token sequences; latency: "
-             f"{cost.prompt_len}-token prefill + {cost.new_tokens} cached decode steps, median of {cost.repeats} runs, "
+             f"{cost.prompt_len}-token prefill + {cost.new_tokens} cached decode steps, fastest of {cost.repeats} runs, "
              f"{cost.threads} thread(s), {cost.clock} clock, {doc['dense']['latency']:.2f} ms/token dense). "
              f"Search {searched:.0f} s wall; {res.evaluations} masks.", "",
              f"Latency noise over measured masks ((max-min)/median of the runs): median {doc['noise']['latency']['median']:.3f}, "
