@@ -282,7 +282,7 @@ class LatencyCost(CachedCost):
                 "dtype": str(self.lm.masked.dtype).removeprefix("torch."),
                 "threads": self.threads or torch.get_num_threads(), "clock": self.clock, "torch": torch.__version__,
                 "prompt_len": self.prompt_len, "new_tokens": self.new_tokens, "warmup": self.warmup,
-                "repeats": self.repeats, "sublayers": "zeroed-as-exported"}
+                "repeats": self.repeats, "estimate": "fastest run", "sublayers": "zeroed-as-exported"}
 
     def noise(self) -> dict[str, Any]:
         """(max - min) / median of each measured mask's runs, summarised (the dense reference included)."""
