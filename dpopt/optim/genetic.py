@@ -197,8 +197,8 @@ class GeneticSearch(SearcherBase):
         return (ind,)
 
     def _biased_swaps(self, bits: np.ndarray, n_swaps: int) -> np.ndarray:
-        """Level-switch swaps whose newly removed block is, with probability ``bias``, drawn by its
-        single-removal rank (weight ``exp(-rank / k)``) instead of uniformly.
+        """Level-switch swaps drawn, with probability ``bias``, by single-removal rank instead of uniformly:
+        the block to remove with weight ``exp(-rank / k)``, the one to restore with its inverse.
 
         A block that is very harmful alone rarely belongs in a good mask, so a uniform draw
         mostly proposes children that are clearly worse; the uniform share keeps every swap
@@ -213,9 +213,10 @@ class GeneticSearch(SearcherBase):
             if self.rng.random() < self.bias:
                 w = self._weights[kept]
                 i = self.rng.choice(kept, p=w / w.sum())
+                w = 1.0 / self._weights[removed]  # restore the block most harmful alone first
+                j = self.rng.choice(removed, p=w / w.sum())
             else:
-                i = self.rng.choice(kept)
-            j = self.rng.choice(removed)
+                i, j = self.rng.choice(kept), self.rng.choice(removed)
             bits[i], bits[j] = False, True
         return bits
 
@@ -248,7 +249,8 @@ class GeneticSearch(SearcherBase):
         ranked = LayerMask.from_removed(self.constraint.n_units, removable[np.lexsort((removable, harm))][: self.constraint.k])
         if ranked.key() not in self._asked:
             return ranked
-        return self.constraint.swap_mutation(ranked, self.rng, level_switch_swaps(self.rng, self.max_swaps))
+        (child,) = self._swap_mutate(Individual.of(ranked))
+        return child.mask()
 
     def _random_unseen(self, fresh: set[bytes]) -> LayerMask | None:
         return random_unseen(self.constraint, self.rng, self._asked, fresh)
