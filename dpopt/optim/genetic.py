@@ -111,6 +111,13 @@ class GeneticSearch(SearcherBase):
       ``initial`` (32): random masks scored first; the best ``population`` become the parents.
       ``init`` ("random" | "single"): "single" first scores every block removed alone, then
       draws the initial masks around the k least harmful (costs one evaluation per block).
+      ``make demo`` runs ``init=single, initial=8``: on its setting (SmolLM2, 6 of 30, budget 200)
+      that found the best known mask on 3 seeds of 3, the defaults 13% worse on seed 0; the
+      default stays "random" because seeding from the ranking walks into greedy's trap
+      (a group of blocks harmful alone, harmless together). benchmarks/RESULTS-searchers.md.
+      ``bias`` (0.5): with "single", the share of mutation swaps drawn by that ranking (the
+      block to remove with weight ``exp(-rank / k)``, the one to restore with its inverse)
+      rather than uniformly; 0 is EvoPress's uniform move. Unused with "random".
       ``crossover`` ("none" | "uniform" | "twopoint", default "none"), ``cxpb`` (0.5).
       ``tournsize`` (1): tournament size for choosing a parent (1: uniform, as EvoPress).
       ``max_swaps`` (3): mutation swaps are ``min(U{1,max}, U{1,max})``.
