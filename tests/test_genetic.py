@@ -160,9 +160,35 @@ def test_single_seeding_probes_each_block_then_starts_near_the_ranking():
     assert all(c.is_valid(m) for m in initial) and len(initial) == 32
 
 
+@pytest.mark.parametrize("bias", [0.0, 1.0])
+def test_bias_draws_swaps_by_the_single_removal_ranking(bias):
+    """bias=1: the newly removed block is mostly one of the least harmful alone, and the restored
+    one the most harmful; bias=0: EvoPress's uniform draw over the kept blocks."""
+    c = Constraint.build(24, remove=4)
+    harm = np.arange(24, dtype=float)  # block 0 is the least harmful alone
+    s = GeneticSearch(c, seed=1, init="single", initial=1, offspring=64, race="none", bias=bias)
+    probes = s.ask()
+    s.tell(probes, harm[[m.removed()[0] for m in probes]])
+    parent = LayerMask.from_removed(24, [2, 9, 16, 23])
+    s.tell([parent], np.array([-1.0]))  # so good that it stays the parent
+    added, dropped = [], []
+    for _ in range(3):
+        batch = s.ask()
+        s.tell(batch, np.full(len(batch), 1.0))
+        for m in batch:
+            added += sorted(set(m.removed()) - set(parent.removed()))
+            dropped += sorted(set(parent.removed()) - set(m.removed()))
+    low = np.mean(np.array(added) < 6)  # 5 of the 20 kept blocks: a uniform draw picks them 1/4 of the time
+    restored_worst = np.mean(np.array(dropped) == 23)  # 1 of 4 removed: uniform restores it 1/4 of the time
+    if bias:  # not higher: repeats of a child are redrawn, and a batch is topped up with random masks
+        assert low > 0.5 and restored_worst > 0.33
+    else:
+        assert 0.1 < low < 0.4 and restored_worst < 0.33
+
+
 def test_bad_genetic_options_are_user_errors():
     c = Constraint.build(12, remove=3)
-    for options in ({"init": "bi"}, {"race": "fast"}, {"crossover": "npoint"}, {"population": 0}):
+    for options in ({"init": "bi"}, {"race": "fast"}, {"crossover": "npoint"}, {"population": 0}, {"bias": 2}):
         with pytest.raises(UserError):
             GeneticSearch(c, **options)
 
