@@ -5,7 +5,11 @@ the dense model on calibration tokens and the latency cost (:mod:`dpopt.latency`
 token of a prefill + cached decode workload, measured on the pruned model without copying
 weights). Then every point of the front is exported with ``dpopt export``, reloaded with
 plain ``transformers`` and timed again on the same workload; the ratio of the two is
-printed per point (the issue asks for agreement within 10%).
+printed per point (the issue asks for agreement within 10%). The re-check makes
+``--passes`` round-robin passes over the points and keeps each point's fastest, as the
+cost keeps the fastest of its runs: a neighbour that loads the machine during one point's
+re-check (this is a shared 2-core machine) then does not decide that point's number.
+Rerunning the command resumes the search from its study, so only the re-check runs again.
 
     python benchmarks/pareto_smollm2.py --report benchmarks/reports/smollm2-pareto
 
@@ -34,6 +38,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--storage", default="sqlite:///pareto-smollm2.db")
     ap.add_argument("--report", default="benchmarks/reports/smollm2-pareto")
+    ap.add_argument("--passes", type=int, default=3, help="round-robin re-check passes; each point keeps its fastest")
     a = ap.parse_args()
 
     report = Path(a.report)
@@ -48,34 +53,44 @@ def main() -> None:
     doc = res.pareto
     print(f"search: {res.evaluations} evaluations, {searched:.0f} s; front of {len(doc['points'])} points; "
           f"latency noise {json.dumps(doc['noise'])}")
-    rows = []
+    passes: dict[int, list[float]] = {p["point"]: [] for p in doc["points"]}
     with tempfile.TemporaryDirectory() as tmp:
-        for p in doc["points"]:
-            out = Path(tmp) / f"p{p['point']}"
-            dpopt.export(lm, ",".join(p["removed_units"]), str(out))
-            t = measure_checkpoint(out, cost.prompt_len, cost.new_tokens, cost.warmup, cost.repeats,
-                                   threads=cost.threads, clock=cost.clock)
-            shutil.rmtree(out)
-            est = p["values"]["latency"]
-            rows.append(dict(point=p["point"], blocks=p["n_removed"], kl=p["values"]["kl"], search_ms=est,
-                             export_ms=t.total_ms, ratio=t.total_ms / est, export_noise=t.noise,
-                             removed=[u.removeprefix("block.") for u in p["removed_units"]]))
-            r = rows[-1]
-            print(f"point {r['point']:>2}: {r['blocks']:>2} blocks removed  KL {r['kl']:.4f}  latency search "
-                  f"{r['search_ms']:.2f} / export {r['export_ms']:.2f} ms/token (x{r['ratio']:.3f})", flush=True)
+        for n in range(a.passes):
+            for p in doc["points"]:
+                out = Path(tmp) / f"p{p['point']}"
+                dpopt.export(lm, ",".join(p["removed_units"]), str(out), force=True)
+                t = measure_checkpoint(out, cost.prompt_len, cost.new_tokens, cost.warmup, cost.repeats,
+                                       threads=cost.threads, clock=cost.clock)
+                shutil.rmtree(out)
+                passes[p["point"]].append(t.total_ms)
+                est = p["values"]["latency"]
+                print(f"pass {n}, point {p['point']:>2}: {p['n_removed']:>2} blocks removed  KL {p['values']['kl']:.4f}"
+                      f"  latency search {est:.2f} / export {t.total_ms:.2f} ms/token (x{t.total_ms / est:.3f})",
+                      flush=True)
+    rows = []
+    for p in doc["points"]:
+        est, got = p["values"]["latency"], min(passes[p["point"]])
+        rows.append(dict(point=p["point"], blocks=p["n_removed"], kl=p["values"]["kl"], search_ms=est,
+                         export_ms=got, ratio=got / est, passes=passes[p["point"]],
+                         removed=[u.removeprefix("block.") for u in p["removed_units"]]))
     worst = max(abs(r["ratio"] - 1) for r in rows)
     lines = [f"# KL vs latency on {a.model}: the front re-measured on its exported checkpoints", "",
              f"`python benchmarks/pareto_smollm2.py --report {a.report}` (nsga2, seed {a.seed}, --remove {a.remove}, "
              f"budget {a.budget}, KL on {a.tokens} calibration tokens in {a.seq_len}-token sequences; latency: "
              f"{cost.prompt_len}-token prefill + {cost.new_tokens} cached decode steps, fastest of {cost.repeats} runs, "
              f"{cost.threads} thread(s), {cost.clock} clock, {doc['dense']['latency']:.2f} ms/token dense). "
-             f"Search {searched:.0f} s wall; {res.evaluations} masks.", "",
-             f"Latency noise over measured masks ((max-min)/median of the runs): median {doc['noise']['latency']['median']:.3f}, "
-             f"max {doc['noise']['latency']['max']:.3f}. Largest |export/search - 1| = {worst:.3f}.", "",
-             "| point | blocks removed | calibration KL | latency in search (ms/token) | latency of export | ratio | removed blocks |",
-             "|---|---|---|---|---|---|---|"]
+             f"Search {searched:.0f} s wall in this invocation; {res.evaluations} masks.", "",
+             f"Latency noise ((max-min)/median of a mask's runs) over the {doc['noise']['latency']['masks']} masks this "
+             f"process measured (a resumed search reads the rest from its study): median "
+             f"{doc['noise']['latency']['median']:.3f}, max {doc['noise']['latency']['max']:.3f}. "
+             f"Largest |export/search - 1| = {worst:.3f}.", "",
+             f"Export re-check: fastest of {a.passes} round-robin passes per point (every pass listed). "
+             f"{sum(abs(r['ratio'] - 1) <= 0.10 for r in rows)} of {len(rows)} points within 10%.", "",
+             "| point | blocks removed | calibration KL | latency in search (ms/token) | latency of export | ratio | passes | removed blocks |",
+             "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['point']} | {r['blocks']} | {r['kl']:.4f} | {r['search_ms']:.2f} | {r['export_ms']:.2f} | "
-              f"{r['ratio']:.3f} | {','.join(r['removed'])} |" for r in rows]
+              f"{r['ratio']:.3f} | {' '.join(f'{v:.2f}' for v in r['passes'])} | {','.join(r['removed'])} |"
+              for r in rows]
     (report / "recheck.md").write_text("\n".join(lines) + "\n")
     (report / "recheck.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"largest |export/search - 1| = {worst:.3f}; wrote {report}/recheck.md; total {time.perf_counter() - start:.0f} s")
