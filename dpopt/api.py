@@ -230,7 +230,8 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
            budget: int | None = 200, seconds: float | None = None, seed: int = 0,
            storage: str | None = None, study: str | None = None, output: str | None = None,
            progress: bool = True, algo_options: dict | None = None, workers: int = 0,
-           queue: bool = False, max_params: float | str | None = None, pareto: str | None = None) -> SearchResult:
+           queue: bool = False, max_params: float | str | None = None, pareto: str | None = None,
+           max_latency: float | None = None, cost_options: dict | None = None) -> SearchResult:
     """Run one searcher against the evaluator, every evaluation recorded in the study; return the result.
 
     ``workers=N`` scores every batch on N local ``dpopt worker`` processes through the study's
@@ -238,7 +239,8 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
     Either way the searcher asks the same masks and gets the same values as in one process.
 
     ``remove`` is K or ``"MIN:MAX"``; ``max_params`` (``"100M"``) caps the pruned model's
-    size. An evaluator built with costs (``make_evaluator(minimize=...)``) makes this a
+    size, ``max_latency`` its measured latency in ms per token (the evaluator's latency cost
+    if it has one, else one with default settings; each candidate is measured once). An evaluator built with costs (``make_evaluator(minimize=...)``) makes this a
     multi-objective search: the result carries its Pareto front, also written to ``pareto``
     (default: ``pareto.json`` beside ``output``) with a plot beside it.
     """
@@ -250,6 +252,12 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
 
     space = evaluator.units
     sizes = dict(unit_params=unit_params(lm, space), total_params=model_params(lm)) if max_params is not None else {}
+    if max_latency is not None:
+        from .costs import make_costs
+
+        timer = next((c for c in getattr(evaluator, "costs", []) if c.name == "latency"), None) \
+            or make_costs(lm, space, "latency", **(cost_options or {}))[0]
+        sizes["limit"] = ("latency", timer.unit, lambda m: timer.values([m])[0], float(max_latency))
     constraint = Constraint.build(space.n_units, remove=remove, sparsity=sparsity, protect=protect, space=space,
                                   max_params=max_params, **sizes)
     costs = list(getattr(evaluator, "costs", []) or [])
@@ -312,6 +320,7 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
         dense_fitness=dense, objective=objective_name, direction=evaluator.direction, algo=algo,
         evaluations=res.evaluations, seed=seed, model=lm.source, n_blocks=lm.n_blocks,
         remove=constraint.to_dict()["remove"], max_params=constraint.max_params, minimize=[c.name for c in costs],
+        max_latency=max_latency,
         protect=list(constraint.protect), wall_seconds=round(time.perf_counter() - start, 3),
         history=[(n, sign * b) for n, b in res.history], fingerprint=evaluator.fingerprint.digest, settings=settings,
         data=settings.get("data") or settings.get("tasks"), split=settings["split"], data_seed=settings["data_seed"],

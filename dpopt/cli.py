@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sparsity", type=float, default=None, help="fraction of blocks to remove")
     s.add_argument("--max-params", default=None, metavar="N",
                    help="keep at most N parameters in the pruned model, e.g. 100M (alone or with --remove MIN:MAX)")
+    s.add_argument("--max-latency", type=float, default=None, metavar="MS",
+                   help="keep only masks whose measured latency is at most MS ms/token (see --cost-option)")
     s.add_argument("--minimize", default=None, metavar="COST",
                    help="also minimise a cost, for a Pareto front: params, latency (use --algo nsga2 or random)")
     s.add_argument("--cost-option", action="append", default=[], metavar="KEY=VALUE",
@@ -279,8 +281,10 @@ def cmd_search(a) -> int:
 
     options = dict(_parse_option(o) for o in a.option)
     cost_options = dict(_parse_option(o) for o in a.cost_option)
-    if a.remove is None and a.sparsity is None and a.max_params is None:
-        raise UserError("give --remove K, --remove MIN:MAX, --sparsity F or --max-params N")
+    if a.remove is None and a.sparsity is None and a.max_params is None and a.max_latency is None:
+        raise UserError("give --remove K, --remove MIN:MAX, --sparsity F, --max-params N or --max-latency MS")
+    if a.max_latency is not None and not a.max_latency > 0:
+        raise UserError(f"--max-latency must be positive ms per token, got {a.max_latency:g}")
     from .costs import COSTS
     from .genome import parse_params, parse_remove
     from .optim import SEARCHERS
@@ -308,6 +312,7 @@ def cmd_search(a) -> int:
     res = api.search(lm, ev, a.algo, remove=a.remove, sparsity=a.sparsity, protect=a.protect, budget=a.budget,
                      seconds=a.time_budget, seed=a.seed, storage=a.storage, study=a.study, output=a.output,
                      progress=not a.no_progress, algo_options=options, max_params=a.max_params, pareto=a.pareto,
+                     max_latency=a.max_latency, cost_options=cost_options,
                      **_queue_options(a))
     what = f"{res.removed_layers} of {res.n_blocks} blocks" if res.units == "block" else \
         f"{', '.join(res.removed_units)} ({res.units} units of a {res.n_blocks}-block model)"

@@ -17,7 +17,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -272,6 +272,9 @@ class Constraint:
     max_params: float | None = None
     unit_params: tuple[float, ...] | None = field(default=None, compare=False)
     total_params: float | None = field(default=None, compare=False)
+    # a budget on a measured quantity: (name, unit, mask -> value, maximum), e.g. latency in ms/token;
+    # the function is called on candidate masks (a cost that caches per mask keeps that cheap)
+    limit: tuple[str, str, Callable[[LayerMask], float], float] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.k_max is None:
@@ -281,7 +284,7 @@ class Constraint:
         for p in self.protect:
             if not 0 <= p < self.n_units:
                 raise UserError(f"protected unit {p} is out of range (0..{self.n_units - 1})")
-        if self.max_params is None and not 0 < self.k <= self.k_max < self.n_units:
+        if not self.budgeted and not 0 < self.k <= self.k_max < self.n_units:
             span = str(self.k) if self.k == self.k_max else f"{self.k}:{self.k_max}"
             raise UserError(
                 f"--remove must be between 1 and {self.n_units - 1} for a model with {self.n_units} {self.what} "
@@ -293,6 +296,24 @@ class Constraint:
             )
         if self.max_params is not None:
             self._check_params()
+        if self.limit is not None:
+            self._check_limit()
+
+    def _check_limit(self) -> None:
+        name, unit, fn, maximum = self.limit
+        dense = fn(LayerMask.dense(self.n_units))
+        if dense <= maximum:
+            raise UserError(f"--max-{name} {maximum:g}: the dense model already measures {dense:.4g} {unit}, "
+                            "so nothing needs removing")
+        smallest = LayerMask.from_removed(self.n_units, self.removable[: self.k_max])
+        if fn(smallest) > maximum:
+            raise UserError(f"--max-{name} {maximum:g} is below what removing {self.k_max} of the "
+                            f"{len(self.removable)} removable {self.what} measures ({fn(smallest):.4g} {unit})")
+
+    @property
+    def budgeted(self) -> bool:
+        """A parameter or measured budget decides validity beside the count (operators repair to it)."""
+        return self.max_params is not None or self.limit is not None
 
     def _check_params(self) -> None:
         if self.unit_params is None or self.total_params is None:
@@ -324,6 +345,7 @@ class Constraint:
         max_params: float | str | None = None,
         unit_params: Sequence[float] | None = None,
         total_params: float | None = None,
+        limit: tuple[str, str, Callable[[LayerMask], float], float] | None = None,
     ) -> "Constraint":
         """``protect`` names blocks; in a sub-layer ``space`` every unit of a protected block is kept.
 
@@ -340,15 +362,18 @@ class Constraint:
             what, prot = "blocks", parse_index_list(protect, n_units, "protected block")
         budget = parse_params(max_params)
         span = remove if isinstance(remove, tuple) else parse_remove(remove)
-        if budget is not None:
+        if limit is not None and not limit[3] > 0:
+            raise UserError(f"--max-{limit[0]} must be positive, got {limit[3]:g}")
+        if budget is not None or limit is not None:
             if sparsity is not None:
-                raise UserError("give --max-params with --remove MIN:MAX or alone, not with --sparsity")
+                raise UserError("give a budget (--max-params, --max-latency) with --remove MIN:MAX or alone, "
+                                "not with --sparsity")
             lo, hi = span or (1, min(n_units - len(set(prot)), n_units - 1))
             if not 0 < lo <= hi < n_units + 1:
                 raise UserError(f"--remove must be between 1 and {n_units - 1} for a model with {n_units} {what}")
             return cls(n_units, lo, tuple(prot), what, k_max=hi, max_params=budget,
                        unit_params=tuple(float(p) for p in unit_params) if unit_params is not None else None,
-                       total_params=total_params)
+                       total_params=total_params, limit=limit)
         if (span is None) == (sparsity is None):
             raise UserError("give exactly one of --remove K, --remove MIN:MAX, --sparsity F or --max-params N")
         if sparsity is not None:
@@ -364,25 +389,30 @@ class Constraint:
     @property
     def exact(self) -> bool:
         """Exactly K units removed and nothing else: the space every searcher was first built for."""
-        return self.k == self.k_max and self.max_params is None
+        return self.k == self.k_max and not self.budgeted
 
     def describe(self) -> str:
         """The space in words, for messages: ``4 blocks``, ``4 to 10 blocks``, ``... under 100M params``."""
         count = f"{self.k}" if self.k == self.k_max else f"{self.k} to {self.k_max}"
-        if self.max_params is None:
-            return f"{count} {self.what} removed"
-        return f"{count} {self.what} removed, at most {_fmt_params(self.max_params)} parameters kept"
+        out = f"{count} {self.what} removed"
+        if self.max_params is not None:
+            out += f", at most {_fmt_params(self.max_params)} parameters kept"
+        if self.limit is not None:
+            out += f", {self.limit[0]} at most {self.limit[3]:g} {self.limit[1]}"
+        return out
 
     def label(self) -> str:
         """A short name for study names: ``k4``, ``k4-10``, ``p100M``, ``k2-8-p100M``."""
         out = f"k{self.k}" if self.k == self.k_max else f"k{self.k}-{self.k_max}"
-        if self.max_params is None:
-            return out
-        return f"p{_fmt_params(self.max_params)}" if self.k_max == len(self.removable) else f"{out}-p{_fmt_params(self.max_params)}"
+        if self.max_params is not None:
+            out += f"-p{_fmt_params(self.max_params)}"
+        if self.limit is not None:
+            out += f"-{self.limit[0]}{self.limit[3]:g}"
+        return out
 
     def to_dict(self) -> dict:
         return dict(remove=self.k if self.k == self.k_max else [self.k, self.k_max], protect=list(self.protect),
-                    max_params=self.max_params)
+                    max_params=self.max_params, **({f"max_{self.limit[0]}": self.limit[3]} if self.limit else {}))
 
     @property
     def removable(self) -> tuple[int, ...]:
@@ -395,9 +425,10 @@ class Constraint:
         return self.total_params - sum(self.unit_params[u] for u in mask.removed())
 
     def _fits(self, bits: np.ndarray) -> bool:
-        if self.max_params is None:
-            return True
-        return self.total_params - sum(self.unit_params[u] for u in np.flatnonzero(~bits)) <= self.max_params
+        if self.max_params is not None and \
+                self.total_params - sum(self.unit_params[u] for u in np.flatnonzero(~bits)) > self.max_params:
+            return False
+        return self.limit is None or self.limit[2](LayerMask(bits)) <= self.limit[3]
 
     def is_valid(self, mask: LayerMask) -> bool:
         if mask.n_units != self.n_units or not self.k <= len(mask.removed()) <= self.k_max:
@@ -413,7 +444,7 @@ class Constraint:
     def random_mask(self, rng: np.random.Generator) -> LayerMask:
         """Uniform over the count range, then uniform over which units; with a parameter
         budget, units are removed in a random order until it is met (then made tight)."""
-        if self.max_params is None:
+        if not self.budgeted:
             k = int(rng.integers(self.k, self.k_max + 1))
             removed = rng.choice(np.array(self.removable), size=k, replace=False)
             return LayerMask.from_removed(self.n_units, removed)
@@ -432,7 +463,7 @@ class Constraint:
             i = rng.choice(kept)
             j = rng.choice(removed)
             bits[i], bits[j] = False, True
-        return LayerMask(bits) if self.max_params is None else self.repair(bits, rng)
+        return LayerMask(bits) if not self.budgeted else self.repair(bits, rng)
 
     def resize_mutation(self, mask: LayerMask, rng: np.random.Generator) -> LayerMask:
         """Remove one more unit or put one back (whichever the count range allows, at random):
@@ -468,7 +499,7 @@ class Constraint:
             if int((~bits).sum()) >= self.k and self._fits(bits):
                 break
             bits[u] = False
-        if self.max_params is not None and tight:
+        if self.budgeted and tight:
             for u in rng.permutation(np.flatnonzero(~bits)):
                 if int((~bits).sum()) <= self.k:
                     break
@@ -496,8 +527,8 @@ class Constraint:
         return LayerMask(bits)
 
     def size(self) -> int | None:
-        """How many masks the space holds; None when a parameter budget makes it uncounted."""
-        if self.max_params is not None:
+        """How many masks the space holds; None when a budget makes it uncounted."""
+        if self.budgeted:
             return None
         r = len(self.removable)
         return sum(math.comb(r, j) for j in range(self.k, self.k_max + 1))
@@ -506,5 +537,5 @@ class Constraint:
         """Every valid mask's removed units (small spaces only: brute force, exhaustive random)."""
         for j in range(self.k, self.k_max + 1):
             for combo in itertools.combinations(self.removable, j):
-                if self.max_params is None or self._fits(LayerMask.from_removed(self.n_units, combo).bits):
+                if not self.budgeted or self._fits(LayerMask.from_removed(self.n_units, combo).bits):
                     yield combo

@@ -258,6 +258,9 @@ class LatencyCost(CachedCost):
         self.clock = resolve_clock(clock, device, self.threads or torch.get_num_threads())
         self.timings: dict[bytes, Timing] = {}
         dense = LayerMask.dense(space.n_units)
+        # twice: a process's first measurement also pays one-time costs (allocator, lazy kernels)
+        # that the short warm-up run does not cover; on a tiny model it came out 3x too slow
+        self._measure(dense)
         self.dense: Timing = self._measure(dense)
         self.cache[dense.key()] = self.dense.total_ms
 

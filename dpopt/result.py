@@ -45,6 +45,7 @@ class SearchResult:
     removed_units: list[str] = field(default_factory=list)
     units: str = "block"
     max_params: float | None = None  # --max-params, in parameters
+    max_latency: float | None = None  # --max-latency, ms per token as the latency cost measures it
     minimize: list[str] = field(default_factory=list)  # costs minimised beside the objective
     pareto: dict[str, Any] | None = None  # the front (what pareto.json holds) of a multi-objective run
 
@@ -53,7 +54,7 @@ class SearchResult:
         d["history"] = [list(h) for h in self.history]
         if not self.interrupted:
             d.pop("interrupted")
-        for key in ("kl_topk", "max_params", "pareto"):
+        for key in ("kl_topk", "max_params", "max_latency", "pareto"):
             if d[key] is None:
                 d.pop(key)
         if not self.minimize:

@@ -306,3 +306,68 @@ def test_minimize_latency_records_measured_values(tiny_ck, calib, tmp_path):
         mask = LayerMask([bool(t.params[f"keep_{i:02d}"]) for i in range(BLOCKS)])
         assert t.values[1] == cost.cache[mask.key()] > 0
     assert res.pareto["noise"]["latency"]["repeats"] == 1 and res.pareto["points"]
+
+
+# --- a budget on a measured quantity ------------------------------------------------------------
+TIME = np.array([2.0, 1.0, 3.0, 1.0, 2.0, 1.0, 4.0, 2.0, 1.0, 3.0])  # per unit: a stand-in for a latency
+
+
+def _timed(calls):
+    def fn(mask):
+        calls.append(mask.key())
+        return 5.0 + float(TIME[list(mask.kept())].sum())
+    return fn
+
+
+def test_measured_budget_constraint_keeps_every_operator_inside():
+    calls = []
+    dense = 5.0 + TIME.sum()
+    c = Constraint.build(N, limit=("latency", "ms", _timed(calls), dense - 6.0))
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        m = c.random_mask(rng)
+        assert c.is_valid(m) and 5.0 + TIME[list(m.kept())].sum() <= dense - 6.0
+        assert c.is_valid(c.swap_mutation(m, rng, 2))
+        assert c.is_valid(c.repair(rng.random(N) < 0.8, rng))
+    ranked = c.from_scores(-TIME)  # slowest units ranked lowest: removed first, the fewest that meet it
+    assert set(ranked.removed()) == {6, 2} and c.is_valid(ranked)
+    ev = FunctionEvaluator(quality)
+    res = run_search(SEARCHERS.get("greedy")(c, seed=0), ev, Budget(500))
+    best = min((m for m in (LayerMask.from_removed(N, r) for j in range(1, N) for r in itertools.combinations(range(N), j))
+                if 5.0 + TIME[list(m.kept())].sum() <= dense - 6.0), key=quality)
+    assert c.is_valid(res.best) and quality(res.best) <= quality(best) * 1.5
+    assert "latency at most" in c.describe() and calls
+    with pytest.raises(UserError, match="already measures"):
+        Constraint.build(N, limit=("latency", "ms", _timed([]), dense + 1))
+    with pytest.raises(UserError, match="below what removing"):
+        Constraint.build(N, remove="1:3", limit=("latency", "ms", _timed([]), 6.0))
+
+
+class BlockClock(CachedCost):
+    """A latency that is exactly 1 + the blocks kept: the CLI's --max-latency path without timing noise
+    (a tiny model's real latency is mostly per-call overhead; tests/test_latency.py covers measuring)."""
+
+    name, unit = "latency", "ms/token"
+
+    def __init__(self, lm, space, **options):
+        super().__init__()
+        self.calls = 0
+
+    def _compute(self, masks):
+        return [1.0 + len(m.kept()) for m in masks]
+
+
+def test_max_latency_reaches_the_searcher_from_the_cli(tiny_ck, calib, tmp_path, capsys, monkeypatch):
+    from dpopt.costs import COSTS
+
+    monkeypatch.setitem(COSTS._items, "latency", BlockClock)
+    out = tmp_path / "r.json"
+    rc, stdout, err = run_cli(["search", "--model", tiny_ck, "--data", calib, "--algo", "greedy", "--objective", "kl",
+                               "--max-latency", 4.5, "--tokens", 64, "--seq-len", 32, "--storage", "none",
+                               "--output", out, "--no-progress"], capsys)
+    assert rc == 0, err
+    res = json.loads(out.read_text())
+    assert len(res["removed_layers"]) == 3 and res["max_latency"] == 4.5  # 1 + 3 kept blocks <= 4.5 < 1 + 4
+    rc, _, err = run_cli(["search", "--model", tiny_ck, "--data", calib, "--algo", "greedy", "--max-latency", 1.5,
+                          "--remove", "1:2", "--storage", "none", "--output", out, "--no-progress"], capsys)
+    assert rc == 2 and "below what removing 2 of the 6 removable blocks measures" in err

@@ -53,7 +53,7 @@ class StepwiseSearch(SearcherBase):
         if self.direction == "remove":
             return [mask.with_removed(i) for i in self.constraint.removable if mask.bits[i]]
         back = [mask.with_kept(i) for i in self.constraint.removable if not mask.bits[i]]
-        if self.constraint.max_params is None:
+        if not self.constraint.budgeted:
             return back
         return [m for m in back if self.constraint.is_valid(m)]  # a parameter budget: only moves that keep it
 
