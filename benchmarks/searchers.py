@@ -27,13 +27,13 @@ DETERMINISTIC = {"greedy", "greedy-add", "beam", "single", "bi", "angular"}  # o
 
 
 def run_one(lm, base, algo, k, budget, seed, options):
-    ev = Evaluator(lm, base.objective)
+    ev = Evaluator(lm, base.objective, fingerprint=base.fingerprint)  # a fresh memo, the same settings
     ev.memo[(dpopt.LayerMask.dense(lm.n_blocks).key(), None)] = base.dense_value()
     t = time.perf_counter()
     res = dpopt.search(lm, ev, algo, remove=k, budget=budget, seed=seed, storage="none", progress=False,
                        algo_options=options)
-    return {"algo": algo, "k": k, "seed": seed, "fitness": res["fitness"], "removed": res["removed_layers"],
-            "evaluations": res["evaluations"], "history": res["history"], "wall": time.perf_counter() - t,
+    return {"algo": algo, "k": k, "seed": seed, "fitness": res.fitness, "removed": res.removed_layers,
+            "evaluations": res.evaluations, "history": res.history, "wall": time.perf_counter() - t,
             "n_scored": ev.n_scored}
 
 
