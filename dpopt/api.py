@@ -361,7 +361,7 @@ def _pareto_doc(lm: LoadedModel, evaluator: Evaluator, space: UnitSpace, constra
                cost_units={c.name: c.unit for c in evaluator.costs}, algo=result.algo, seed=result.seed,
                constraint=constraint.describe(), units=space.kind, evaluations=result.evaluations,
                evaluated=len(res.extra["evaluated"]), dense=dict(zip(metrics, [float(v) for v in dense_row])),
-               noise={c.name: c.noise() for c in evaluator.costs if c.noise() is not None},
+               noise={name: n for name, n in ((c.name, c.noise()) for c in evaluator.costs) if n is not None},
                study=result.study, storage=result.storage, points=points)
     if path:
         doc["file"] = path

@@ -494,11 +494,7 @@ class Constraint:
         removed = np.flatnonzero(~bits)
         if len(removed) > self.k_max:
             bits[rng.choice(removed, size=len(removed) - self.k_max, replace=False)] = True
-        order = rng.permutation(np.flatnonzero(bits & ~prot))
-        for u in order:  # too few removed, or over the parameter budget
-            if int((~bits).sum()) >= self.k and self._fits(bits):
-                break
-            bits[u] = False
+        self._remove_until_enough(bits, rng.permutation(np.flatnonzero(bits & ~prot)))
         if self.budgeted and tight:
             for u in rng.permutation(np.flatnonzero(~bits)):
                 if int((~bits).sum()) <= self.k:
@@ -520,11 +516,15 @@ class Constraint:
         removable = np.array(self.removable)
         order = removable[np.lexsort((removable, scores[removable]))]  # ascending score
         bits = np.ones(self.n_units, dtype=bool)
+        self._remove_until_enough(bits, order)
+        return LayerMask(bits)
+
+    def _remove_until_enough(self, bits: np.ndarray, order: Iterable[int]) -> None:
+        """Remove units in ``order`` (in place) until at least ``k`` are removed and the budgets hold."""
         for u in order:
             if int((~bits).sum()) >= self.k and self._fits(bits):
                 break
             bits[u] = False
-        return LayerMask(bits)
 
     def size(self) -> int | None:
         """How many masks the space holds; None when a budget makes it uncounted."""
