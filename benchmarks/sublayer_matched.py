@@ -16,7 +16,7 @@ import statistics
 import time
 
 import dpopt
-from dpopt.costs import model_params, unit_params
+from dpopt.costs import ParamsCost, model_params, unit_params
 from dpopt.genome import UnitSpace
 
 
@@ -46,11 +46,11 @@ def main() -> None:
             size = dict(remove=a.remove) if space == "block" else dict(max_params=budget)
             res = dpopt.search(lm, ev, a.algo, budget=a.budget, seed=seed, storage="none", progress=False, **size)
             held = dpopt.evaluate_mask(lm, res.removed_units, ["kl", "ppl"], tokens=a.heldout_tokens, seq_len=a.seq_len)
-            sizes = unit_params(lm, ev.units)
-            index = {n: i for i, n in enumerate(ev.units.names)}
-            removed_params = sum(sizes[index[n]] for n in _space_names(res.removed_units, space))
+            removed_space, removed_mask = dpopt.api.parse_removed_units(lm, res.removed_units)
+            counted = ParamsCost(lm, removed_space)  # the mask's size, counted as --max-params counts it
+            kept = counted.values([removed_mask])[0]
             row = dict(seed=seed, units=",".join(u.removeprefix("block.") for u in res.removed_units),
-                       removed=removed_params / 1e6, calib_kl=res.fitness,
+                       removed=counted.total - kept, calib_kl=res.fitness,
                        kl=held["objectives"]["kl"]["pruned"], ppl=held["objectives"]["ppl"]["pruned"],
                        dense_ppl=held["objectives"]["ppl"]["dense"], wall=time.perf_counter() - start)
             rows[space].append(row)
@@ -64,16 +64,6 @@ def main() -> None:
         spread = lambda k: f"{min(r[k] for r in rs):.3f}-{max(r[k] for r in rs):.3f}"  # noqa: E731
         print(f"| {space} | {med('removed'):.2f}M | {med('calib_kl'):.3f} ({spread('calib_kl')}) | "
               f"{med('kl'):.3f} ({spread('kl')}) | {med('ppl'):.1f} |")
-
-
-def _space_names(removed_units: list[str], space: str) -> list[str]:
-    """A result's unit names in the search space's own names (a sub-layer space splits block.I)."""
-    if space == "block":
-        return removed_units
-    out = []
-    for u in removed_units:
-        out += [f"attn.{u[6:]}", f"mlp.{u[6:]}"] if u.startswith("block.") else [u]
-    return out
 
 
 if __name__ == "__main__":
