@@ -21,14 +21,6 @@ def tiny_ck(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "calib.txt"
-    paras = [f"Paragraph {i}: the quick brown fox number {i} jumps over {i * 7} lazy dogs by the river." for i in range(80)]
-    path.write_text("\n\n".join(paras))
-    return path
-
-
 def assert_user_error(rc, err, needle):
     assert rc == 2
     lines = [ln for ln in err.strip().splitlines() if ln.startswith("dpopt: error")]

@@ -30,14 +30,6 @@ def tiny_ck(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "calib.txt"
-    paras = [f"Paragraph {i}: the quick brown fox number {i} jumps over {i * 7} lazy dogs by the river." for i in range(80)]
-    path.write_text("\n\n".join(paras))
-    return path
-
-
-@pytest.fixture(scope="module")
 def lm(tiny_ck):
     return dpopt.load(str(tiny_ck), device="cpu")
 
