@@ -130,7 +130,9 @@ class FunctionEvaluator(MemoEvaluator):
 
 def race(evaluator: MemoEvaluator, masks: Sequence[LayerMask],
          schedule: Sequence[tuple[int | None, int]],
-         incumbents: Sequence[LayerMask] = ()) -> tuple[list[LayerMask], np.ndarray]:
+         incumbents: Sequence[LayerMask] = (),
+         observe: Callable[[list[LayerMask], np.ndarray, int | None], None] | None = None
+         ) -> tuple[list[LayerMask], np.ndarray]:
     """EvoPress's multi-step selection: score all on few tokens, only the best on more.
 
     ``schedule`` is ``[(fidelity, survivors), ...]`` from cheapest to richest, e.g.
@@ -139,6 +141,7 @@ def race(evaluator: MemoEvaluator, masks: Sequence[LayerMask],
     ``incumbents`` (a GA's parents) join the pool only in the last stage, so they are
     compared with the survivors at the same fidelity and a raced generation cannot lose
     its best mask to a lucky cheap score; they count among the last stage's survivors.
+    ``observe(masks, fitness, fidelity)`` sees every stage's scores, the losers' too.
     """
     pool = list(dict.fromkeys(masks))  # dedupe, keep order
     extra = [m for m in dict.fromkeys(incumbents) if m not in set(pool)]
@@ -147,6 +150,8 @@ def race(evaluator: MemoEvaluator, masks: Sequence[LayerMask],
         if stage == len(schedule) - 1:
             pool = pool + [m for m in extra if m not in set(pool)]
         fit = evaluator.evaluate(pool, fidelity)
+        if observe is not None:
+            observe(list(pool), np.asarray(fit, dtype=float), fidelity)
         order = np.argsort(fit, kind="stable")[: max(1, survivors)]
         pool = [pool[i] for i in order]
         fit = fit[order]

@@ -284,3 +284,16 @@ def test_screening_finds_the_optimum_where_plain_mutation_often_does_not():
     hits = sum(run_search(GeneticSearch(c, seed=s), FunctionEvaluator(fn), Budget(evaluations=160)).best == opt
                for s in range(8))
     assert hits >= 6
+
+
+def test_under_racing_the_surrogate_learns_from_the_losers_too():
+    """Racing tells 2 masks a generation; the cheap stage's scores (observe) are what the fit needs."""
+    c = Constraint.build(18, remove=6)
+    fn = rugged(18, seed=21)
+    opt, _ = brute_force(c, fn)
+    s = GeneticSearch(c, seed=0)
+    first = run_search(s, FidelityEvaluator(fn, noise=0.05), Budget(evaluations=32))  # the raced initial batch
+    assert s.race_schedule and first.evaluations == 32 and s._surrogate is not None
+    hits = sum(run_search(GeneticSearch(c, seed=seed), FidelityEvaluator(fn, noise=0.05),
+                          Budget(evaluations=200)).best == opt for seed in range(10))
+    assert hits >= 8  # 5 of 10 when only the told survivors are fitted, 4 with screen=0

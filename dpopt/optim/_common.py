@@ -55,6 +55,13 @@ class SearcherBase:
         """Masks re-scored beside the survivors in a race's last stage (a GA's parents)."""
         return []
 
+    def observe(self, masks: Sequence[LayerMask], fitness: np.ndarray, fidelity: int | None) -> None:
+        """Every score of a raced batch, at each stage's fidelity (losers too); optional, ignored here.
+
+        ``tell`` hears only the survivors, at the last stage's fidelity, so selection never
+        compares fidelities; a searcher that learns a model of the landscape may use the rest.
+        """
+
     @property
     def best(self) -> tuple[LayerMask | None, float]:
         return self._best_mask, self._best_fit

@@ -141,8 +141,10 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, record=None,
             schedule = searcher.race_schedule  # read after every ask: a searcher may change it
             if schedule:
                 # multi-fidelity selection: only the survivors are told, at the last stage's
-                # fidelity, where the incumbents (a GA's parents) are re-scored beside them
-                masks, fitness = race(evaluator, masks, schedule, incumbents=searcher.incumbents())
+                # fidelity, where the incumbents (a GA's parents) are re-scored beside them;
+                # a searcher with ``observe`` (optional) also sees every stage's scores
+                masks, fitness = race(evaluator, masks, schedule, incumbents=searcher.incumbents(),
+                                      observe=getattr(searcher, "observe", None))
                 fidelity = schedule[-1][0]
             else:
                 fidelity = None

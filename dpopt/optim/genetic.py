@@ -151,8 +151,8 @@ class GeneticSearch(SearcherBase):
         self.bias = check_float("bias", bias, 0.0, 1.0)
         self.screen = check_float("screen", screen, 0.0, 1.0)
         self.pool = check_int("pool", pool)
-        self._seen_x: list[np.ndarray] = []  # every told mask's removed-indicator, and its fitness
-        self._seen_y: list[float] = []
+        # every scored mask -> (fidelity rank, removed-indicator, fitness): what the surrogate fits
+        self._seen: dict[bytes, tuple[float, np.ndarray, float]] = {}
         self._surrogate: np.ndarray | None = None
         self._weights: np.ndarray | None = None  # per-unit draw weights, once the probes are told
         self._race_option = race if race == "auto" else parse_race(race)
@@ -280,13 +280,30 @@ class GeneticSearch(SearcherBase):
                 best, best_pred = m, pred
         return best if best is not None else self._child()
 
+    def observe(self, masks: Sequence[LayerMask], fitness: np.ndarray, fidelity: int | None) -> None:
+        """A raced batch's scores, losers too: under racing ``tell`` hears 2 masks a generation,
+        too few to fit 30 units, while the cheap stage scores all 16 (same scale, more noise)."""
+        if self._stage != "probe":  # single removals are not in the space the fit ranks
+            self._learn(masks, fitness, fidelity)
+
+    def _learn(self, masks: Sequence[LayerMask], fitness: np.ndarray, fidelity: int | None) -> None:
+        if self.screen == 0:
+            return
+        level = np.inf if fidelity is None else float(fidelity)
+        for m, f in zip(masks, np.asarray(fitness, dtype=float)):
+            old = self._seen.get(m.key())
+            if np.isfinite(f) and (old is None or level >= old[0]):  # a richer score replaces a cheaper one
+                self._seen[m.key()] = (level, ~m.bits, float(f))
+        self._fit_surrogate()
+
     def _fit_surrogate(self) -> None:
         """Per-unit removal cost, ridge-regressed on the told masks (None until there are enough)."""
         n = self.constraint.n_units
-        if len(self._seen_y) < max(8, len(self.constraint.removable) // 2):
+        if len(self._seen) < max(8, len(self.constraint.removable) // 2):
             return
-        x = np.array(self._seen_x, dtype=float)
-        y = np.argsort(np.argsort(self._seen_y)) / len(self._seen_y)  # ranks: a few huge perplexities don't dominate
+        x = np.array([bits for _, bits, _ in self._seen.values()], dtype=float)
+        y = np.array([f for _, _, f in self._seen.values()])
+        y = np.argsort(np.argsort(y)) / len(y)  # ranks: a few huge perplexities don't dominate
         xc = x - x.mean(axis=0)
         self._surrogate = np.linalg.solve(xc.T @ xc + np.eye(n), xc.T @ y)
 
@@ -356,12 +373,7 @@ class GeneticSearch(SearcherBase):
         self._record(masks, fitness)
         if not len(masks):
             return
-        for m, f in zip(masks, fitness):
-            if np.isfinite(f):
-                self._seen_x.append(~m.bits)
-                self._seen_y.append(float(f))
-        if self.screen > 0:
-            self._fit_surrogate()
+        self._learn(masks, fitness, None if not self.race_schedule else self.race_schedule[-1][0])
         told = {m.key(): Individual.of(m, f) for m, f in zip(masks, fitness)}
         by_fit = lambda ind: ind.fitness.values[0]  # noqa: E731
         parents = [p for p in self.population if p.mask().key() not in told]
