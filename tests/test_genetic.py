@@ -69,7 +69,7 @@ def test_level_switch_mutation_follows_evopress_distribution():
 
 def test_children_differ_from_their_parent_by_the_drawn_swaps():
     c = Constraint.build(60, remove=15)  # 675 one-swap neighbours: few children are redrawn as repeats
-    s = GeneticSearch(c, seed=2, population=1, offspring=64, initial=1, race="none")
+    s = GeneticSearch(c, seed=2, population=1, offspring=64, initial=1, race="none", screen=0, jump=False)  # plain mutation
     first = s.ask()
     s.tell(first, np.array([0.0]))  # a parent so good that it stays the parent
     parent = first[0]
@@ -297,3 +297,15 @@ def test_under_racing_the_surrogate_learns_from_the_losers_too():
     hits = sum(run_search(GeneticSearch(c, seed=seed), FidelityEvaluator(fn, noise=0.05),
                           Budget(evaluations=200)).best == opt for seed in range(10))
     assert hits >= 8  # 5 of 10 when only the told survivors are fitted, 4 with screen=0
+
+
+def test_each_generation_jumps_to_the_surrogates_optimum():
+    """On a purely additive landscape the fit's optimum is the true one: it is asked right after the initial batch."""
+    c = Constraint.build(24, remove=6)  # 134,596 masks: no mutation of a random parent is likely to be it
+    cost = np.random.default_rng(3).uniform(1.0, 10.0, 24)
+    fn = lambda m: float(cost[list(m.removed())].sum())  # noqa: E731
+    s = GeneticSearch(c, seed=0, race="none")
+    first = s.ask()
+    s.tell(first, np.array([fn(m) for m in first]))
+    best = LayerMask.from_removed(24, np.argsort(cost)[:6])
+    assert best not in first and s.ask()[0] == best

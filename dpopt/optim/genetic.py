@@ -122,6 +122,8 @@ class GeneticSearch(SearcherBase):
       candidate mutants, by a ridge fit of fitness on removed units over every mask told in
       this run (no evaluation spent); 0 is EvoPress's plain mutation. The rest stay unscreened,
       so moves an additive fit cannot credit (greedy's trap) still happen.
+      ``jump`` (true): once the fit exists, each generation's first child is the fit's own
+      optimum when it is new: one evaluation a generation that can leave the parents' basin.
       ``crossover`` ("none" | "uniform" | "twopoint", default "none"), ``cxpb`` (0.5).
       ``tournsize`` (1): tournament size for choosing a parent (1: uniform, as EvoPress).
       ``max_swaps`` (3): mutation swaps are ``min(U{1,max}, U{1,max})``.
@@ -137,7 +139,7 @@ class GeneticSearch(SearcherBase):
     def __init__(self, constraint: Constraint, seed: int = 0, population: int = 2, offspring: int = 16,
                  initial: int | None = 32, init: str = "random", crossover: str = "none", cxpb: float = 0.5,
                  tournsize: int = 1, max_swaps: int = 3, race="auto", bias: float = 0.5, screen: float = 0.5,
-                 pool: int = 16):
+                 pool: int = 16, jump: bool = True):
         super().__init__(constraint, seed)
         self.population_size = check_int("population", population)
         self.offspring_size = check_int("offspring", offspring)
@@ -151,6 +153,7 @@ class GeneticSearch(SearcherBase):
         self.bias = check_float("bias", bias, 0.0, 1.0)
         self.screen = check_float("screen", screen, 0.0, 1.0)
         self.pool = check_int("pool", pool)
+        self.jump = bool(jump)
         # every scored mask -> (fidelity rank, removed-indicator, fitness): what the surrogate fits
         self._seen: dict[bytes, tuple[float, np.ndarray, float]] = {}
         self._surrogate: np.ndarray | None = None
@@ -331,6 +334,11 @@ class GeneticSearch(SearcherBase):
         want = min(self.initial if initial else self.offspring_size, self.space - len(self._asked))
         with private_global_random(self._pyrandom):
             tries = 0
+            if not initial and self.jump and self._surrogate is not None:
+                m = self.constraint.from_scores(self._surrogate)  # the fit's own optimum: a jump between basins
+                if m.key() not in self._asked:
+                    fresh.add(m.key())
+                    batch.append(m)
             while len(batch) < want and tries < 50 * want:
                 tries += 1
                 if not initial:
