@@ -162,19 +162,6 @@ def main() -> None:
     if a.config:
         return child(a)
 
-    runs = []
-    for seed in range(a.seeds):
-        for config in a.configs.split(","):
-            cmd = [sys.executable, __file__, "--config", config, "--seed", str(seed)] + sys.argv[1:]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if line is None:
-                sys.exit(f"{config} seed {seed} failed:\n{proc.stderr[-3000:]}")
-            r = json.loads(line[len("RESULT "):])
-            runs.append(r)
-            print(f"  {config} seed {seed}: {r['wall']:.0f} s, {r['peak_rss_mb']:.0f} MB, {r['evaluations']} evals, "
-                  f"{r['scored_tokens']} tokens, race {r['race']}, removed {r['removed']}", flush=True)
-
     import dpopt
     from dpopt.genome import LayerMask
 
@@ -190,15 +177,28 @@ def main() -> None:
         return cache[key]
 
     dense_kl, dense_ppl = held_out([])
-    for r in runs:
-        r["heldout_kl"], r["heldout_ppl"] = held_out(r["removed"])
-    for r in runs:
-        if r["config"] != "dpopt":
-            continue
-        ref = [e for e in runs if e["config"] == "evopress" and e["seed"] == r["seed"]]
-        goal = min(a.target, ref[0]["heldout_kl"]) if ref else a.target
-        r["goal"] = goal
-        r["reached_s"] = next((t for t, rem in r["trail"] if held_out(rem)[0] <= goal + 1e-12), None)
+    runs = []
+    for seed in range(a.seeds):  # each run is scored on held-out data as it ends, so a cut grid keeps its rows
+        for config in a.configs.split(","):
+            cmd = [sys.executable, __file__, "--config", config, "--seed", str(seed)] + sys.argv[1:]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if line is None:
+                sys.exit(f"{config} seed {seed} failed:\n{proc.stderr[-3000:]}")
+            r = json.loads(line[len("RESULT "):])
+            r["heldout_kl"], r["heldout_ppl"] = held_out(r["removed"])
+            if config == "dpopt":
+                ref = [e for e in runs if e["config"] == "evopress" and e["seed"] == seed]
+                r["goal"] = min(a.target, ref[0]["heldout_kl"]) if ref else a.target
+                r["reached_s"] = next((t for t, rem in r["trail"] if held_out(rem)[0] <= r["goal"] + 1e-12), None)
+            runs.append(r)
+            print(f"  {config} seed {seed}: {r['wall']:.0f} s, {r['peak_rss_mb']:.0f} MB, {r['evaluations']} evals, "
+                  f"{r['scored_tokens']} tokens, race {r['race']}, removed {r['removed']}, held-out KL "
+                  f"{r['heldout_kl']:.4f}, ppl {r['heldout_ppl']:.2f}"
+                  + (f", reached {r['goal']:.3f} at {r['reached_s']} s" if config == "dpopt" else ""), flush=True)
+            if a.json:
+                with open(a.json, "w") as fh:
+                    json.dump({"args": vars(a), "runs": runs, "dense_heldout_ppl": dense_ppl}, fh, indent=1)
 
     print(f"\n{lm.n_blocks}-block {a.model}, remove {a.remove}, calibration {a.calib_tokens} tokens "
           f"(top-{a.kl_topk} KL), held-out {a.heldout_tokens} tokens (full-vocabulary KL); dense held-out ppl "
@@ -216,9 +216,6 @@ def main() -> None:
         print(f"median {config}: wall {statistics.median(r['wall'] for r in rs):.0f} s, held-out KL "
               f"{statistics.median(r['heldout_kl'] for r in rs):.4f}, peak RSS "
               f"{statistics.median(r['peak_rss_mb'] for r in rs):.0f} MB")
-    if a.json:
-        with open(a.json, "w") as fh:
-            json.dump({"args": vars(a), "runs": runs, "dense_heldout_ppl": dense_ppl}, fh, indent=1)
 
 
 if __name__ == "__main__":
