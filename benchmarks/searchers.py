@@ -62,7 +62,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=1)
-    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 for each stochastic searcher")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds F..F+N-1 for each stochastic searcher")
+    ap.add_argument("--first-seed", type=int, default=0, help="F (default 0)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--algos", default=",".join(n for n in SEARCHERS.names()))
     ap.add_argument("--option", action="append", default=[], metavar="ALGO:KEY=JSON",
@@ -84,7 +85,7 @@ def main() -> None:
         for k in (int(x) for x in a.remove.split(",")):
             runs = []
             for algo in a.algos.split(","):
-                seeds = [0] if algo in DETERMINISTIC else range(a.seeds)
+                seeds = [0] if algo in DETERMINISTIC else range(a.first_seed, a.first_seed + a.seeds)
                 for seed in seeds:
                     try:
                         r = run_one(lm, base, algo, k, a.budget, seed, options.get(algo))
@@ -100,7 +101,7 @@ def main() -> None:
                             fh.write(json.dumps(r) + "\n")
             if runs:
                 head = (f"### {lm.n_blocks}-block {a.model}, {objective} (dense {base.dense_value():.4f}), K={k}, "
-                        f"budget {a.budget}, {a.tokens} calibration tokens, seeds 0..{a.seeds - 1}")
+                        f"budget {a.budget}, {a.tokens} calibration tokens, seeds {a.first_seed}..{a.first_seed + a.seeds - 1}")
                 tables.append(table(runs, sign, head))
                 print("\n" + tables[-1] + "\n", flush=True)
     print("\n\n".join(tables))
