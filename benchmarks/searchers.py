@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 
@@ -37,20 +38,45 @@ def run_one(lm, base, algo, k, budget, seed, options):
             "n_scored": ev.n_scored}
 
 
+def _at(runs: list[dict], evals: int) -> str:
+    """Median over runs of the best-so-far after ``evals`` evaluations (— while any run had none yet)."""
+    vals = [next((b for n, b in reversed(r["history"]) if n <= evals), None) for r in runs]
+    if None in vals or not all(math.isfinite(v) for v in vals):  # greedy has no valid mask until its last step
+        return "—"
+    return f"{statistics.median(vals):.4g}"
+
+
 def table(runs: list[dict], sign: int, header: str) -> str:
     best = min(sign * r["fitness"] for r in runs)
     target = best + 0.01 * abs(best)
     out = [header, "", f"best value any run found: {sign * best:.4f}", "",
-           "| algo | median | range | evals to within 1% of best (runs) | wall s (median) |", "|---|---|---|---|---|"]
+           "| algo | median | range | evals to within 1% of best (runs) | median best after 50 / 100 / 150 evals "
+           "| wall s (median) |", "|---|---|---|---|---|---|"]
     for algo in dict.fromkeys(r["algo"] for r in runs):
         rs = [r for r in runs if r["algo"] == algo]
         vals = [r["fitness"] for r in rs]
         hits = [next((n for n, b in r["history"] if sign * b <= target), None) for r in rs]
         got = [h for h in hits if h is not None]
         hit = f"{statistics.median(got):.0f} ({len(got)}/{len(rs)})" if got else f"— (0/{len(rs)})"
-        out.append(f"| {algo} | {statistics.median(vals):.4f} | {min(vals):.4f}–{max(vals):.4f} | {hit} | "
+        anytime = " / ".join(_at(rs, n) for n in (50, 100, 150))
+        out.append(f"| {algo} | {statistics.median(vals):.4f} | {min(vals):.4f}–{max(vals):.4f} | {hit} | {anytime} | "
                    f"{statistics.median(r['wall'] for r in rs):.1f} |")
     return "\n".join(out)
+
+
+def print_recorded(paths: list[str], budget: int) -> None:
+    runs: dict[tuple, dict] = {}
+    for path in paths:
+        with open(path) as fh:
+            for line in fh:
+                r = json.loads(line)
+                runs[(r["objective"], r["k"], r["algo"], r["seed"])] = r
+    for objective, k in dict.fromkeys((o, k) for o, k, _, _ in runs):
+        rs = [r for key, r in runs.items() if key[:2] == (objective, k)]
+        sign = -1 if objective == "acc" else 1
+        seeds = sorted({r["seed"] for r in rs})
+        print(table(rs, sign, f"### {objective}, K={k}, budget {budget}, seeds {seeds[0]}..{seeds[-1]} "
+                              f"(recorded in {', '.join(paths)})") + "\n")
 
 
 def main() -> None:
@@ -69,7 +95,12 @@ def main() -> None:
     ap.add_argument("--option", action="append", default=[], metavar="ALGO:KEY=JSON",
                     help="searcher option, e.g. genetic:population=1 (repeatable)")
     ap.add_argument("--jsonl", default=None, help="append every finished run here")
+    ap.add_argument("--tables-from", default=None, metavar="FILE[,FILE...]",
+                    help="run nothing: print the tables of runs recorded by --jsonl (several commands' runs merged; "
+                         "a later run of the same algo, objective, K and seed replaces an earlier one)")
     a = ap.parse_args()
+    if a.tables_from:
+        return print_recorded(a.tables_from.split(","), a.budget)
 
     options = {k: dict(v) for k, v in ALGO_OPTIONS.items()}
     for text in a.option:
