@@ -11,7 +11,7 @@ computed batch by batch so it needs no stored targets.
     fidelity, the best one the parent; ``--generations`` of (1 + ``--offspring``) with
     level-switch mutation (min(U{1,3}, U{1,3}) swaps), race ``--evopress-race`` (default
     2048 tokens -> 2 survivors, 8192 -> 1), the parent re-scored beside the survivors.
-    Run by dpopt's genetic searcher with population=1 and screen=0, which is exactly that algorithm.
+    Run by dpopt's genetic searcher with population=1, screen=0 and jump=false: exactly that algorithm.
     One difference: EvoPress draws fresh random calibration sequences at every stage,
     dpopt scores the first batches of a fixed calibration set.
 (b) ``--algo genetic`` with its defaults (budget ``--budget``, dpopt's default 200).
@@ -112,8 +112,8 @@ def child(a) -> None:
     ev, scored = make_calib_evaluator(lm, a)
     c = Constraint.build(lm.n_blocks, remove=a.remove)
     if a.config == "evopress":
-        # screen=0: EvoPress mutates blindly; dpopt's surrogate screening is part of (b) only
-        options = dict(population=1, offspring=a.offspring, initial=a.initial, crossover="none", screen=0,
+        # screen=0, jump=False: EvoPress mutates blindly; dpopt's surrogate is part of (b) only
+        options = dict(population=1, offspring=a.offspring, initial=a.initial, crossover="none", screen=0, jump=False,
                        race=parse_race(a.evopress_race))
         budget = a.initial + a.generations * a.offspring
     else:

@@ -188,7 +188,8 @@ def test_bias_draws_swaps_by_the_single_removal_ranking(bias):
 
 def test_bad_genetic_options_are_user_errors():
     c = Constraint.build(12, remove=3)
-    for options in ({"init": "bi"}, {"race": "fast"}, {"crossover": "npoint"}, {"population": 0}, {"bias": 2}):
+    for options in ({"init": "bi"}, {"race": "fast"}, {"crossover": "npoint"}, {"population": 0}, {"bias": 2},
+                    {"screen": 1.5}, {"pool": 0}, {"jump": "yes"}):
         with pytest.raises(UserError):
             GeneticSearch(c, **options)
 

@@ -124,6 +124,7 @@ class GeneticSearch(SearcherBase):
       so moves an additive fit cannot credit (greedy's trap) still happen.
       ``jump`` (true): once the fit exists, each generation's first child is the fit's own
       optimum when it is new: one evaluation a generation that can leave the parents' basin.
+      ``screen=0`` with ``jump=false`` is EvoPress's blind mutation.
       ``crossover`` ("none" | "uniform" | "twopoint", default "none"), ``cxpb`` (0.5).
       ``tournsize`` (1): tournament size for choosing a parent (1: uniform, as EvoPress).
       ``max_swaps`` (3): mutation swaps are ``min(U{1,max}, U{1,max})``.
@@ -153,7 +154,9 @@ class GeneticSearch(SearcherBase):
         self.bias = check_float("bias", bias, 0.0, 1.0)
         self.screen = check_float("screen", screen, 0.0, 1.0)
         self.pool = check_int("pool", pool)
-        self.jump = bool(jump)
+        if not isinstance(jump, bool):
+            raise UserError(f"genetic option jump must be true or false, got {jump!r}")
+        self.jump = jump
         # every scored mask -> (fidelity rank, removed-indicator, fitness): what the surrogate fits
         self._seen: dict[bytes, tuple[float, np.ndarray, float]] = {}
         self._surrogate: np.ndarray | None = None
@@ -290,7 +293,7 @@ class GeneticSearch(SearcherBase):
             self._learn(masks, fitness, fidelity)
 
     def _learn(self, masks: Sequence[LayerMask], fitness: np.ndarray, fidelity: int | None) -> None:
-        if self.screen == 0:
+        if self.screen == 0 and not self.jump:  # EvoPress's blind search: no fit to keep
             return
         level = np.inf if fidelity is None else float(fidelity)
         for m, f in zip(masks, np.asarray(fitness, dtype=float)):
@@ -300,7 +303,7 @@ class GeneticSearch(SearcherBase):
         self._fit_surrogate()
 
     def _fit_surrogate(self) -> None:
-        """Per-unit removal cost, ridge-regressed on the told masks (None until there are enough)."""
+        """Per-unit removal cost, ridge-regressed on the scored masks (None until there are enough)."""
         n = self.constraint.n_units
         if len(self._seen) < max(8, len(self.constraint.removable) // 2):
             return
