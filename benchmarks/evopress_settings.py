@@ -167,7 +167,8 @@ def main() -> None:
 
     lm = dpopt.load(a.model, device=a.device)
     seqs = load_stream(lm, a.calib_tokens + a.heldout_tokens, a.seq_len)
-    held = seqs[-(-a.heldout_tokens // a.seq_len):]
+    n_held = -(-a.heldout_tokens // a.seq_len)  # ceil: whole sequences
+    held = seqs[-n_held:]  # the stream's last heldout_tokens, never the calibration's first ones
     cache: dict[tuple, tuple[float, float]] = {}
 
     def held_out(removed):
