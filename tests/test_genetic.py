@@ -260,7 +260,7 @@ def test_surrogate_ranks_units_by_their_removal_cost():
     s.tell(masks, np.array([cost[list(m.removed())].sum() for m in masks]))
     from scipy.stats import spearmanr
 
-    assert spearmanr(s._surrogate, cost).statistic > 0.9
+    assert spearmanr(s.surrogate, cost).statistic > 0.9
 
 
 def test_screened_children_are_better_than_unscreened_ones():
@@ -294,7 +294,7 @@ def test_under_racing_the_surrogate_learns_from_the_losers_too():
     opt, _ = brute_force(c, fn)
     s = GeneticSearch(c, seed=0)
     first = run_search(s, FidelityEvaluator(fn, noise=0.05), Budget(evaluations=32))  # the raced initial batch
-    assert s.race_schedule and first.evaluations == 32 and s._surrogate is not None
+    assert s.race_schedule and first.evaluations == 32 and s.surrogate is not None
     hits = sum(run_search(GeneticSearch(c, seed=seed), FidelityEvaluator(fn, noise=0.05),
                           Budget(evaluations=200)).best == opt for seed in range(10))
     assert hits >= 8  # 5 of 10 when only the told survivors are fitted, 4 with screen=0

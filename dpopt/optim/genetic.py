@@ -159,7 +159,8 @@ class GeneticSearch(SearcherBase):
         self.jump = jump
         # every scored mask -> (fidelity rank, removed-indicator, fitness): what the surrogate fits
         self._seen: dict[bytes, tuple[float, np.ndarray, float]] = {}
-        self._surrogate: np.ndarray | None = None
+        self._fit: np.ndarray | None = None
+        self._fit_stale = False  # scores came in since the last fit; refitted on the next read
         self._weights: np.ndarray | None = None  # per-unit draw weights, once the probes are told
         self._race_option = race if race == "auto" else parse_race(race)
         self._race: list[tuple[int | None, int]] | None = None if race == "auto" else self._race_option
@@ -269,19 +270,20 @@ class GeneticSearch(SearcherBase):
         """A child, chosen with probability ``screen`` as the best-predicted of ``pool`` unseen candidates.
 
         The prediction is a ridge fit of fitness on which units are removed, over every mask
-        told in this run, so it costs no evaluation. Near an optimum most of a parent's
+        scored in this run, so it costs no evaluation. Near an optimum most of a parent's
         swaps make it worse; screening spends the evaluations on the swaps whose units the
         run has so far seen do little harm. The unscreened share keeps every move possible
         (blocks that only help together, greedy's trap, get no credit from an additive fit).
         """
-        if self._surrogate is None or self.rng.random() >= self.screen:
+        surrogate = self.surrogate
+        if surrogate is None or self.rng.random() >= self.screen:
             return self._child()
         best, best_pred = None, np.inf
         for _ in range(self.pool):
             m = self._child()
             if m.key() in self._asked or m.key() in fresh:
                 continue
-            pred = float(self._surrogate[~m.bits].sum())
+            pred = float(surrogate[~m.bits].sum())
             if pred < best_pred:
                 best, best_pred = m, pred
         return best if best is not None else self._child()
@@ -300,18 +302,29 @@ class GeneticSearch(SearcherBase):
             old = self._seen.get(m.key())
             if np.isfinite(f) and (old is None or level >= old[0]):  # a richer score replaces a cheaper one
                 self._seen[m.key()] = (level, ~m.bits, float(f))
-        self._fit_surrogate()
+                self._fit_stale = True
 
-    def _fit_surrogate(self) -> None:
-        """Per-unit removal cost, ridge-regressed on the scored masks (None until there are enough)."""
+    @property
+    def surrogate(self) -> np.ndarray | None:
+        """Per-unit removal cost, ridge-regressed on the scored masks (None until there are enough).
+
+        Fitted when read after new scores, so a raced batch (observed at every stage, then
+        told) costs one fit, not one per stage.
+        """
+        if self._fit_stale:
+            self._fit_stale = False
+            self._fit = self._fit_now()
+        return self._fit
+
+    def _fit_now(self) -> np.ndarray | None:
         n = self.constraint.n_units
         if len(self._seen) < max(8, len(self.constraint.removable) // 2):
-            return
+            return None  # scores only accumulate: until there are enough there was never a fit
         x = np.array([bits for _, bits, _ in self._seen.values()], dtype=float)
         y = np.array([f for _, _, f in self._seen.values()])
         y = np.argsort(np.argsort(y)) / len(y)  # ranks: a few huge perplexities don't dominate
         xc = x - x.mean(axis=0)
-        self._surrogate = np.linalg.solve(xc.T @ xc + np.eye(n), xc.T @ y)
+        return np.linalg.solve(xc.T @ xc + np.eye(n), xc.T @ y)
 
     def _seeded(self) -> LayerMask:
         """A mask near the single-removal ranking: its k least harmful blocks, then a mutation."""
@@ -337,8 +350,8 @@ class GeneticSearch(SearcherBase):
         want = min(self.initial if initial else self.offspring_size, self.space - len(self._asked))
         with private_global_random(self._pyrandom):
             tries = 0
-            if not initial and self.jump and self._surrogate is not None:
-                m = self.constraint.from_scores(self._surrogate)  # the fit's own optimum: a jump between basins
+            if not initial and self.jump and self.surrogate is not None:
+                m = self.constraint.from_scores(self.surrogate)  # the fit's own optimum: a jump between basins
                 if m.key() not in self._asked:
                     fresh.add(m.key())
                     batch.append(m)
