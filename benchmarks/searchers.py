@@ -73,7 +73,9 @@ def print_recorded(paths: list[str], budget: int) -> None:
                 runs[(r["objective"], r["k"], r["algo"], r["seed"])] = r
     for objective, k in dict.fromkeys((o, k) for o, k, _, _ in runs):
         rs = [r for key, r in runs.items() if key[:2] == (objective, k)]
-        sign = -1 if objective == "acc" else 1
+        # runs record their objective's direction; older records (ppl/kl/acc only) predate it
+        direction = rs[0].get("direction") or ("maximize" if objective == "acc" else "minimize")
+        sign = 1 if direction == "minimize" else -1
         seeds = sorted({r["seed"] for r in rs})
         print(table(rs, sign, f"### {objective}, K={k}, budget {budget}, seeds {seeds[0]}..{seeds[-1]} "
                               f"(recorded in {', '.join(paths)})") + "\n")
@@ -123,7 +125,7 @@ def main() -> None:
                     except dpopt.UserError as exc:  # e.g. greedy's path longer than the budget: say so, go on
                         print(f"  {objective} K={k} {algo} seed {seed}: skipped ({exc})", flush=True)
                         break
-                    r["objective"] = objective
+                    r["objective"], r["direction"] = objective, base.direction
                     runs.append(r)
                     print(f"  {objective} K={k} {algo} seed {seed}: {r['fitness']:.4f} removed {r['removed']} "
                           f"({r['wall']:.0f} s)", flush=True)
