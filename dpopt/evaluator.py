@@ -203,7 +203,7 @@ class Evaluator(MemoEvaluator):
     def _run_batch(self, batch, masks: list[LayerMask]) -> list[Any]:
         prep = self._prep(batch)
         if not self.prefix_sharing:
-            return [self._score_logits(self._forward_one(m, prep), batch) for m in masks]
+            return [self._score_hidden(self._forward_one(m, prep), batch) for m in masks]
         n, bounds = self.n_blocks, self._bounds
         # start each mask from its deepest cached prefix (or from the embeddings); a prefix
         # is the bits of every unit before block ``level``
@@ -244,7 +244,7 @@ class Evaluator(MemoEvaluator):
         _merge(active, pending.pop(n, {}))
         results: dict[bytes, Any] = {}
         for g in active.values():
-            part = self._score_logits(self.lm.masked.head(g.hidden), batch)
+            part = self._score_hidden(g.hidden, batch)
             for m in g.masks:
                 results[m.key()] = part
         return [results[m.key()] for m in masks]
@@ -277,13 +277,33 @@ class Evaluator(MemoEvaluator):
             if action is not None:
                 h = self.lm.masked.run_block(i, h, prep, skip=action)
                 self.block_calls += 1
-        return self.lm.masked.head(h)
+        return h
 
-    def _score_logits(self, logits: torch.Tensor, batch) -> Any:
-        # No isfinite scan of the logits here (it cost as much as the score itself): a NaN
-        # or Inf reaches the objective's statistics and makes ``finish`` non-finite, which
-        # the memo layer records as the worst fitness with its reason.
-        return self.objective.score(logits, batch)
+    def _score_hidden(self, hidden: torch.Tensor, batch) -> Any:
+        """The head and the objective's score for one mask's last hidden state.
+
+        An objective whose partials add over sequences (``rows_additive``) gets the logits
+        a few sequences at a time, as many as fit the memory budget twice (the logits and
+        the objective's log-softmax of them): the head's output is the largest tensor of a
+        whole evaluation, and it would otherwise set the peak memory of a search.
+        No isfinite scan of the logits here (it cost as much as the score itself): a NaN or
+        Inf reaches the objective's statistics and makes ``finish`` non-finite, which the
+        memo layer records as the worst fitness with its reason.
+        """
+        n = hidden.shape[0]
+        if n == 1 or not getattr(self.objective, "rows_additive", False):
+            return self.objective.score(self.lm.masked.head(hidden), batch)
+        total, start, step = None, 0, 1
+        while start < n:
+            stop = min(start + step, n)
+            logits = self.lm.masked.head(hidden[start:stop])
+            part = self.objective.score(logits, batch.rows(start, stop))
+            total = part if total is None else total + part
+            if start == 0:  # the first sequence's logits tell what one costs
+                step = max(1, self.memory_bytes // (2 * 4 * logits[0].numel()))
+            start = stop
+            del logits
+        return total
 
     def fidelities(self) -> list[int]:
         """Cumulative batch sizes: the fidelities at which the objective's data can be cut."""

@@ -155,6 +155,35 @@ def test_evaluator_equals_naive_loop(family, objective, tiny_lm, text_data, mc_d
     assert not ev2.failures
 
 
+@pytest.mark.parametrize("objective", ["ppl", "kl", "kl_topk", "composite"])
+def test_head_is_computed_a_few_sequences_at_a_time(objective, tiny_lm, text_data, mc_data):
+    """Under a memory budget below one batch's logits, the head never sees more than one
+    sequence of a row-additive objective, and the values are those of whole batches."""
+    lm = tiny_lm("gemma3", N, vocab_size=1024 if objective == "kl_topk" else None)
+    obj = build_objective(objective, lm, text_data, mc_data)
+    masks = workloads(3)["ga"]
+    want = naive_fitness(lm, obj, masks)
+    rows_seen = []
+    head = lm.masked.head
+
+    def spy(hidden):
+        rows_seen.append(hidden.shape[0])
+        return head(hidden)
+
+    lm.masked.head = spy
+    try:
+        for sharing in (True, False):
+            rows_seen.clear()
+            ev = Evaluator(lm, obj, prefix_sharing=sharing, memory_mb=1e-3)
+            assert_close(ev.evaluate(masks), want)
+            if objective == "composite":  # partials that are not plain sums: whole batches
+                assert sorted(set(rows_seen)) == sorted({b.input_ids.shape[0] for b in obj.batches()})
+            else:
+                assert rows_seen and max(rows_seen) == 1
+    finally:
+        del lm.masked.head
+
+
 def _distinct_block_calls(masks) -> int:
     """(prefix, block) pairs: what prefix sharing must compute once per batch."""
     pairs = set()

@@ -235,11 +235,16 @@ class MaskedModel:
     @torch.no_grad()
     def forward_masked(self, mask: LayerMask, prepared: Prepared) -> torch.Tensor:
         """Logits of the masked model: the kept blocks in order, then the head."""
+        return self.head(self.last_hidden(mask, prepared))
+
+    @torch.no_grad()
+    def last_hidden(self, mask: LayerMask, prepared: Prepared) -> torch.Tensor:
+        """The masked model's hidden state after its last kept block (before the head)."""
         self._check(mask)
         h = prepared.h0
         for i in mask.kept():
             h = self.run_block(i, h, prepared)
-        return self.head(h)
+        return h
 
     @torch.no_grad()
     def forward_units(self, removed: Iterable[str], prepared: Prepared) -> torch.Tensor:

@@ -27,6 +27,25 @@ class Batch:
     position_ids: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # targets the objective needs
 
+    def rows(self, start: int, stop: int) -> "Batch":
+        """Sequences ``start:stop`` of this batch, with every per-sequence tensor cut alike.
+
+        Tensors (and tuples of tensors) in ``extra`` whose first dimension is the batch's
+        are cut; anything else is shared. ``size`` counts the part's share of the tokens.
+        """
+        n = self.input_ids.shape[0]
+
+        def cut(x):
+            if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == n:
+                return x[start:stop]
+            if isinstance(x, tuple):
+                return tuple(cut(v) for v in x)
+            return x
+
+        part = self.input_ids[start:stop]
+        return Batch(self.index, part, int(self.size * part.shape[0] // max(n, 1)), cut(self.attention_mask),
+                     cut(self.position_ids), {k: cut(v) for k, v in self.extra.items()})
+
 
 @runtime_checkable
 class Objective(Protocol):
@@ -122,9 +141,16 @@ def check_seq_len(lm, seq_len: int) -> None:
 
 
 class TextObjective:
-    """What ppl and kl share: calibration sizes, their check, and the protocol's optional parts."""
+    """What ppl and kl share: calibration sizes, their check, and the protocol's optional parts.
+
+    ``rows_additive``: scoring a batch's sequences in parts and adding the partials gives
+    the whole batch's partial. The evaluator then computes the head a few sequences at a
+    time, so the full-vocabulary logits of a batch (1 GB for 4 x 256 tokens of Gemma's
+    262k vocabulary) are never held at once.
+    """
 
     name = "text"
+    rows_additive = True
 
     def __init__(self, tokens: int = 4096, seq_len: int = 512, batch_size: int = 2):
         check_sizes(tokens=tokens, seq_len=seq_len, batch_size=batch_size)
@@ -144,6 +170,12 @@ class TextObjective:
 
     def report(self, partials) -> dict[str, float]:
         return {self.name: float(self.finish(partials))}
+
+
+def row_chunks(n_rows: int, row_bytes: int, budget_bytes: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` runs of rows holding at most ``budget_bytes`` each (at least one row)."""
+    step = max(1, budget_bytes // max(row_bytes, 1))
+    return [(s, min(s + step, n_rows)) for s in range(0, n_rows, step)]
 
 
 def take_fidelity(batches: Sequence[Batch], fidelity: int | None) -> list[Batch]:

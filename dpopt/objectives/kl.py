@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Batch, TextObjective, register_objective, sum_partials
+from .base import Batch, TextObjective, register_objective, row_chunks, sum_partials
 
 AUTO_TOPK_BYTES = 1 << 31  # above ~2 GB of dense targets, fall back to top-k
+TARGET_CHUNK_BYTES = 1 << 26  # dense logits + log-softmax computed per this much, while preparing
 
 
 @register_objective("kl")
@@ -34,28 +35,42 @@ class KLDivergence(TextObjective):
         return {**super().settings(), "kl_topk": self.topk}
 
     def prepare(self, lm, data) -> None:
+        from ..genome import LayerMask
+
         self._prepare_text(lm, data)
         vocab = lm.model.config.get_text_config().vocab_size if hasattr(lm.model.config, "get_text_config") else lm.model.config.vocab_size
         n_tok = sum(b.input_ids.numel() for b in self._batches)
         if self.topk is None and n_tok * vocab * 4 > AUTO_TOPK_BYTES:
             self.topk = 1024
+        dense = LayerMask.dense(lm.n_blocks)
         for b in self._batches:
-            prepared = lm.masked.prepare(b.input_ids, dense=True)
-            logp = torch.log_softmax(prepared.dense_logits.float(), dim=-1)
+            # the dense model as the evaluator runs it (its blocks, then the head), a few
+            # sequences at a time: a whole batch's logits and their log-softmax would be
+            # the largest tensors of the run
+            h = lm.masked.last_hidden(dense, lm.masked.prepare(b.input_ids, b.attention_mask, b.position_ids))
+            parts = []
+            for start, stop in row_chunks(h.shape[0], 8 * h.shape[1] * vocab, TARGET_CHUNK_BYTES):
+                logp = torch.log_softmax(lm.masked.head(h[start:stop]).float(), dim=-1)
+                if self.topk:
+                    top, idx = logp.topk(min(self.topk, logp.shape[-1]), dim=-1)
+                    parts.append((top, idx.to(torch.int32)))  # int32 ids: half the bytes, same values
+                else:
+                    parts.append(logp)
+                del logp
             # targets stay on the model's device: moving them per scored mask would cost
             # more than the score itself on a GPU
             if self.topk:
-                top, idx = logp.topk(min(self.topk, logp.shape[-1]), dim=-1)
-                b.extra["target"] = (top, idx)
+                b.extra["target"] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
             else:
-                b.extra["target"] = logp
+                b.extra["target"] = torch.cat(parts)
+            del h, parts
 
     def score(self, logits: torch.Tensor, batch: Batch) -> np.ndarray:
         logq = torch.log_softmax(logits.float(), dim=-1)
         target = batch.extra["target"]
         if isinstance(target, tuple):
             top, idx = (t.to(logq.device) for t in target)
-            q_top = logq.gather(-1, idx)
+            q_top = logq.gather(-1, idx.long())
             p = top.exp()
             p_rest = (1 - p.sum(-1)).clamp_min(0)
             q_rest = (1 - q_top.exp().sum(-1)).clamp_min(1e-30)
