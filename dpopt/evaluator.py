@@ -26,6 +26,7 @@ import torch
 
 from .fitness import MemoEvaluator
 from .genome import LayerMask, UnitSpace
+from .heap import release_freed_memory
 
 
 @dataclass
@@ -183,6 +184,7 @@ class Evaluator(MemoEvaluator):
                 self.units_scored += b.size * len(todo)
                 for m, part in zip(todo, self._run_batch(b, todo)):
                     self.partials[(m.key(), b.index)] = part
+                release_freed_memory()  # else a long search's resident size creeps up (dpopt/heap.py)
         out = []
         for m in masks:
             try:
