@@ -103,3 +103,48 @@ def test_interrupted_search_writes_best_so_far_and_exits_130(user_module, tmp_pa
     res = json.loads(out.read_text())
     assert res["interrupted"] is True and len(res["removed_layers"]) == 2
     assert "resume" in capsys.readouterr().err
+
+
+class _LogitSum:
+    """A four-method user objective whose partials add over sequences."""
+    name = "logitsum"
+    direction = "minimize"
+
+    def __init__(self, additive: bool):
+        self.rows_additive = additive
+        self.rows_seen: list[int] = []
+
+    def prepare(self, lm, data):
+        from dpopt.objectives.base import text_stream_batches
+        self._b = text_stream_batches(lm.tokenizer, data.documents, 128, 32, 2)
+
+    def batches(self, fidelity=None):
+        return self._b
+
+    def score(self, logits, batch):
+        assert logits.shape[0] == batch.input_ids.shape[0]
+        self.rows_seen.append(logits.shape[0])
+        return np.array([logits.double().sum().item(), logits.numel()])
+
+    def finish(self, partials):
+        s = np.sum(partials, axis=0)
+        return s[0] / s[1]
+
+
+def test_user_objective_opts_in_to_the_head_a_few_sequences_at_a_time(tiny_lm, text_data):
+    """Wrapped in UserObjective (no settings/report), ``rows_additive`` still reaches the evaluator."""
+    from dpopt.evaluator import Evaluator
+    from dpopt.genome import LayerMask
+    from dpopt.objectives.base import UserObjective, check_objective
+
+    lm = tiny_lm("llama", 4)
+    masks = [LayerMask.from_removed(4, [i]) for i in range(4)]
+    values, seen = {}, {}
+    for additive in (True, False):
+        obj = check_objective(_LogitSum(additive), "t:LogitSum")
+        assert isinstance(obj, UserObjective)
+        obj.prepare(lm, text_data)
+        values[additive] = Evaluator(lm, obj, memory_mb=1e-3).evaluate(masks)
+        seen[additive] = set(obj.inner.rows_seen)
+    assert seen == {True: {1}, False: {2}}
+    np.testing.assert_allclose(values[True], values[False], rtol=1e-6)

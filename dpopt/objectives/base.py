@@ -98,6 +98,7 @@ class UserObjective:
     def __init__(self, inner: Any, spec: str):
         self.inner, self.spec = inner, spec
         self.name, self.direction = inner.name, inner.direction
+        self.rows_additive = bool(getattr(inner, "rows_additive", False))
 
     def prepare(self, lm, data) -> None:
         self.inner.prepare(lm, data)
