@@ -84,16 +84,13 @@ def heldout_scores(lm, seqs: torch.Tensor, mask, batch_seqs: int = 2) -> tuple[f
     for s in range(0, len(seqs), batch_seqs):
         ids = seqs[s:s + batch_seqs].to(lm.masked.device)
         prep = lm.masked.prepare(ids, dense=True)
-        h = prep.h0
-        for i in mask.kept():
-            h = lm.masked.run_block(i, h, prep)
-        logq = torch.log_softmax(lm.masked.head(h).float(), dim=-1)
+        logq = torch.log_softmax(lm.masked.forward_masked(mask, prep).float(), dim=-1)
         logp = torch.log_softmax(prep.dense_logits.float(), dim=-1)
         kl_sum += float((logp.exp() * (logp - logq)).sum())
         n_kl += logp.shape[0] * logp.shape[1]
         nll_sum += float(-logq[:, :-1].gather(-1, ids[:, 1:, None]).sum())
         n_nll += ids[:, 1:].numel()
-        del prep, h, logq, logp
+        del prep, logq, logp
     return kl_sum / n_kl, math.exp(nll_sum / n_nll)
 
 
