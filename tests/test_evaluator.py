@@ -284,3 +284,28 @@ def test_nan_block_gives_worst_fitness_and_goes_on(sharing, tiny_lm, text_data):
     assert_close(fit, naive_fitness(lm, obj, masks))
     more = ev.evaluate([LayerMask.from_removed(N, [2, 5]), LayerMask.from_removed(N, [3, 5])])
     assert np.isfinite(more[0]) and more[1] == float("inf")
+
+
+@pytest.mark.parametrize("objective", ["ppl", "kl", "kl_topk"])
+def test_text_objectives_score_a_few_positions_at_a_time(objective, tiny_lm, text_data, mc_data, monkeypatch):
+    """Scored one position at a time, a batch's partial is the one scored whole."""
+    import dpopt.objectives.kl as kl_mod
+    import dpopt.objectives.ppl as ppl_mod
+
+    lm = tiny_lm("llama", N, vocab_size=1024 if objective == "kl_topk" else None)
+    obj = build_objective(objective, lm, text_data, mc_data)
+    b = obj.batches()[0]
+    prep = lm.masked.prepare(b.input_ids)
+    logits = lm.masked.forward_masked(LayerMask.from_removed(N, [1, 4]), prep)
+    whole = obj.score(logits, b)
+    calls = []
+    log_softmax = torch.log_softmax
+    monkeypatch.setattr(torch, "log_softmax", lambda x, *a, **k: calls.append(x.shape[1]) or log_softmax(x, *a, **k))
+    ce = ppl_mod.F.cross_entropy
+    rows = b.input_ids.shape[0]
+    monkeypatch.setattr(ppl_mod.F, "cross_entropy", lambda x, *a, **k: calls.append(x.shape[0] // rows) or ce(x, *a, **k))
+    for mod in (kl_mod, ppl_mod):
+        monkeypatch.setattr(mod, "SCORE_CHUNK_BYTES", 1)
+    chunked = obj.score(logits, b)
+    assert len(calls) == logits.shape[1] and set(calls) == {1}  # one position of every sequence per call
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6)

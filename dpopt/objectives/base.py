@@ -179,6 +179,15 @@ def row_chunks(n_rows: int, row_bytes: int, budget_bytes: int) -> list[tuple[int
     return [(s, min(s + step, n_rows)) for s in range(0, n_rows, step)]
 
 
+SCORE_CHUNK_BYTES = 1 << 24  # float32 log-probs a text objective holds at once while scoring
+
+
+def position_chunks(logits: torch.Tensor, budget_bytes: int) -> list[tuple[int, int]]:
+    """``(lo, hi)`` runs of positions (dim 1) whose float32 logits fit ``budget_bytes``."""
+    per = 4 * logits.shape[0] * logits.shape[-1]
+    return row_chunks(logits.shape[1], per, budget_bytes)
+
+
 def take_fidelity(batches: Sequence[Batch], fidelity: int | None) -> list[Batch]:
     """The shortest leading run of batches whose sizes add up to at least ``fidelity``."""
     if fidelity is None:

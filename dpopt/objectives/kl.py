@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Batch, TextObjective, register_objective, row_chunks, sum_partials
+from .base import SCORE_CHUNK_BYTES, Batch, TextObjective, position_chunks, register_objective, row_chunks, sum_partials
 
 AUTO_TOPK_BYTES = 1 << 31  # above ~2 GB of dense targets, fall back to top-k
 TARGET_CHUNK_BYTES = 1 << 26  # dense logits + log-softmax computed per this much, while preparing
@@ -66,19 +66,25 @@ class KLDivergence(TextObjective):
             del h, parts
 
     def score(self, logits: torch.Tensor, batch: Batch) -> np.ndarray:
-        logq = torch.log_softmax(logits.float(), dim=-1)
+        # a few positions at a time: the log-softmax of a whole sequence would double the
+        # memory its logits already take
         target = batch.extra["target"]
-        if isinstance(target, tuple):
-            top, idx = (t.to(logq.device) for t in target)
-            q_top = logq.gather(-1, idx.long())
-            p = top.exp()
-            p_rest = (1 - p.sum(-1)).clamp_min(0)
-            q_rest = (1 - q_top.exp().sum(-1)).clamp_min(1e-30)
-            kl = (p * (top - q_top)).sum(-1) + torch.where(p_rest > 0, p_rest * (p_rest.clamp_min(1e-30).log() - q_rest.log()), torch.zeros_like(p_rest))
-        else:
-            logp = target.to(logq.device)
-            kl = (logp.exp() * (logp - logq)).sum(-1)
-        return np.array([kl.sum().item(), kl.numel()], dtype=np.float64)
+        total = torch.zeros((), dtype=torch.float64, device=logits.device)
+        for lo, hi in position_chunks(logits, SCORE_CHUNK_BYTES):
+            logq = torch.log_softmax(logits[:, lo:hi].float(), dim=-1)
+            if isinstance(target, tuple):
+                top, idx = (t[:, lo:hi].to(logq.device) for t in target)
+                q_top = logq.gather(-1, idx.long())
+                p = top.exp()
+                p_rest = (1 - p.sum(-1)).clamp_min(0)
+                q_rest = (1 - q_top.exp().sum(-1)).clamp_min(1e-30)
+                kl = (p * (top - q_top)).sum(-1) + torch.where(p_rest > 0, p_rest * (p_rest.clamp_min(1e-30).log() - q_rest.log()), torch.zeros_like(p_rest))
+            else:
+                logp = target[:, lo:hi].to(logq.device)
+                kl = (logp.exp() * (logp - logq)).sum(-1)
+            total += kl.sum(dtype=torch.float64)
+            del logq
+        return np.array([total.item(), logits.shape[0] * logits.shape[1]], dtype=np.float64)
 
     def finish(self, partials) -> float:
         total, count = sum_partials(partials)

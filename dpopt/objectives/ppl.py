@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Batch, TextObjective, register_objective, sum_partials
+from .base import SCORE_CHUNK_BYTES, Batch, TextObjective, position_chunks, register_objective, sum_partials
 
 
 @register_objective("ppl", "perplexity")
@@ -23,10 +23,14 @@ class Perplexity(TextObjective):
 
     def score(self, logits: torch.Tensor, batch: Batch) -> np.ndarray:
         ids = batch.input_ids.to(logits.device)
-        # targets shifted left, the last position ignored: no copy of the (B*T, V) logits
+        # targets shifted left, the last position ignored; a few positions at a time, as
+        # cross_entropy's log-softmax of a whole sequence would double the logits' memory
         targets = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], dim=1)
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                              ignore_index=-100, reduction="sum")
+        nll = torch.zeros((), dtype=torch.float64, device=logits.device)
+        for lo, hi in position_chunks(logits, SCORE_CHUNK_BYTES):
+            part = logits[:, lo:hi]
+            nll += F.cross_entropy(part.reshape(-1, part.shape[-1]).float(), targets[:, lo:hi].reshape(-1),
+                                   ignore_index=-100, reduction="sum").double()
         return np.array([nll.item(), ids[:, 1:].numel()], dtype=np.float64)
 
     def finish(self, partials) -> float:
