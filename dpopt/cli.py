@@ -50,7 +50,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-mb", type=float, default=None,
                    help="prefix-activation cache across calls (default: 5%% of the weights' size)")
     p.add_argument("--memory-mb", type=float, default=None,
-                   help="activation budget of one batched block call, and of the logits scored at once "
+                   help="activation budget of one batched block call, of the masks in flight, and of the logits scored at once "
                         "(default: 1/8 of the weights' size on CPU, 1/2 on GPU)")
     p.add_argument("--no-prefix-sharing", action="store_true", help="run each mask alone (for checking)")
 

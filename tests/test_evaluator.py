@@ -208,6 +208,27 @@ def test_prefix_sharing_does_less_work_on_a_greedy_step(tiny_lm, text_data):
     assert shared.block_calls < plain.block_calls
 
 
+def test_masks_go_through_the_blocks_a_few_at_a_time_in_prefix_order(tiny_lm, text_data):
+    """Under a budget of two masks in flight, eight masks given interleaved are run in pairs
+    of prefix neighbours: the values and the shared work are those of all eight at once."""
+    lm = tiny_lm("llama", N)
+    obj = Perplexity(tokens=128, seq_len=32, batch_size=2)
+    obj.prepare(lm, text_data)
+    pairs = [(LayerMask.from_removed(N, [i, N - 1]), LayerMask.from_removed(N, [i, N - 2])) for i in range(4)]
+    masks = [p[0] for p in pairs] + [p[1] for p in pairs]  # each mask's neighbour is 4 places away
+    wide = Evaluator(lm, obj)
+    want = wide.evaluate(masks)
+    h0 = lm.masked.prepare(obj.batches()[0].input_ids).h0
+    budget = 2 * 4 * h0.numel() * h0.element_size()  # two masks' worth (about four hidden states each)
+    ev = Evaluator(lm, obj, memory_mb=(budget + 1) / 2**20)
+    sizes = []
+    run = ev._run_batch
+    ev._run_batch = lambda batch, group: sizes.append(len(group)) or run(batch, group)
+    assert_close(ev.evaluate(masks), want)
+    assert sizes == [2] * 4 * len(obj.batches())
+    assert ev.block_calls == wide.block_calls == _distinct_block_calls(masks) * len(obj.batches())
+
+
 def test_memo_makes_repeats_free(tiny_lm, text_data):
     lm = tiny_lm("gpt2", N)
     obj = Perplexity(tokens=128, seq_len=32, batch_size=2)
