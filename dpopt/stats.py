@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
-from scipy import stats as sps
+
+
+def _scipy_stats():
+    """``scipy.stats``, imported where a report needs it: it costs ~60 MB resident, which a
+    search process (every worker, every `dpopt search`) would otherwise carry for nothing."""
+    from scipy import stats
+
+    return stats
 
 
 # --- input model -------------------------------------------------------------------------
@@ -273,7 +280,7 @@ def pairwise_tests(exp: Experiment) -> list[Pair]:
         if np.ptp(np.concatenate([finals[a], finals[b]])) == 0:
             raw.append((len(finals[a]) * len(finals[b]) / 2, 1.0))  # all equal: no evidence either way
         else:
-            res = sps.mannwhitneyu(finals[a], finals[b], alternative="two-sided")
+            res = _scipy_stats().mannwhitneyu(finals[a], finals[b], alternative="two-sided")
             raw.append((float(res.statistic), float(res.pvalue)))
     adj = holm([p for _, p in raw]) if raw else []
     return [Pair(a, b, u, p, float(pa), win_rate(finals[a], finals[b]))
@@ -417,6 +424,7 @@ def rank_correlations(rm: RankMatrix) -> list[Correlation]:
         if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
             out.append(Correlation(rm.objectives[i], rm.objectives[j], *(math.nan,) * 4, len(x)))
             continue
+        sps = _scipy_stats()
         s = sps.spearmanr(x, y)
         k = sps.kendalltau(x, y)
         out.append(Correlation(rm.objectives[i], rm.objectives[j], float(s.statistic), float(s.pvalue),

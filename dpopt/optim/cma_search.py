@@ -17,9 +17,15 @@ from ..genome import Constraint, LayerMask
 from ._common import SearcherBase, check_float, check_int, private_global_random
 from .base import register_searcher
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # cma warns at import when matplotlib is missing
-    import cma
+
+
+def _cma():
+    """The ``cma`` package, imported on first use: it pulls in matplotlib (~40 MB resident),
+    which a run of any other searcher should not carry."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cma warns at import when matplotlib is missing
+        import cma
+    return cma
 
 
 @register_searcher("cma")
@@ -63,7 +69,7 @@ class CMASearch(SearcherBase):
             return None
         with private_global_random(self._np_state), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return cma.CMAEvolutionStrategy(x0, self.sigma0, opts)
+            return _cma().CMAEvolutionStrategy(x0, self.sigma0, opts)
 
     def _decode(self, x: np.ndarray) -> LayerMask:
         scores = np.full(self.constraint.n_units, np.inf)
