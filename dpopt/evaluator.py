@@ -137,6 +137,7 @@ class Evaluator(MemoEvaluator):
         self.cache = PrefixCache(cache_bytes if prefix_sharing else 0)
         self.partials: dict[tuple[bytes, int], Any] = {}
         self._prepared: dict[int, Any] = {}
+        self._token_bytes: int | None = None  # one position's float32 logits, learnt on the first head call
         self.block_calls = 0  # (prefix, block) computations at batch granularity: the work done
 
     @property
@@ -304,27 +305,37 @@ class Evaluator(MemoEvaluator):
     def _score_hidden(self, hidden: torch.Tensor, batch) -> Any:
         """The head and the objective's score for one mask's last hidden state.
 
-        An objective whose partials add over sequences (``rows_additive``) gets the logits
-        a few sequences at a time, as many as fit the memory budget twice (the logits and
-        the objective's log-softmax of them): the head's output is the largest tensor of a
-        whole evaluation, and it would otherwise set the peak memory of a search.
+        The head's output is the largest tensor of a whole evaluation (one 256-token
+        sequence of SmolLM2 is 50 MB of logits; of Gemma 3, 270 MB), and it would otherwise
+        set the peak memory of a search. So an objective whose partials add over sequences
+        (``rows_additive``) gets the logits a few sequences at a time, and one whose partials
+        also add over positions (``positions_additive``) a few positions at a time: pieces
+        of about a quarter of the memory budget, which leaves room for the objective's own
+        log-softmax of them. The partials are added with ``+``.
         No isfinite scan of the logits here (it cost as much as the score itself): a NaN or
         Inf reaches the objective's statistics and makes ``finish`` non-finite, which the
         memo layer records as the worst fitness with its reason.
         """
-        n = hidden.shape[0]
-        if n == 1 or not getattr(self.objective, "rows_additive", False):
+        by_pos = getattr(self.objective, "positions_additive", False)
+        by_row = by_pos or getattr(self.objective, "rows_additive", False)
+        n, t = hidden.shape[0], hidden.shape[1]
+        if not by_row or (n == 1 and not by_pos):
             return self.objective.score(self.lm.masked.head(hidden), batch)
-        total, start, step = None, 0, 1
-        while start < n:
-            stop = min(start + step, n)
-            logits = self.lm.masked.head(hidden[start:stop])
-            part = self.objective.score(logits, batch.rows(start, stop))
-            total = part if total is None else total + part
-            if start == 0:  # the first sequence's logits tell what one costs
-                step = max(1, self.memory_bytes // (2 * 4 * logits[0].numel()))
-            start = stop
-            del logits
+        if self._token_bytes is None:  # float32 logits of one position: what a piece is sized by
+            self._token_bytes = 4 * self.lm.masked.head(hidden[:1, :1]).numel()
+        piece = max(1, self.memory_bytes // 4 // self._token_bytes)  # positions per piece
+        rows = max(1, piece // t)
+        step = t if rows > 1 or not by_pos else min(t, piece)
+        total = None
+        for r0 in range(0, n, rows):
+            r1 = min(r0 + rows, n)
+            part_rows = batch.rows(r0, r1) if (r0, r1) != (0, n) else batch
+            for p0 in range(0, t, step):
+                p1 = min(p0 + step, t)
+                logits = self.lm.masked.head(hidden[r0:r1, p0:p1])
+                part = self.objective.score(logits, part_rows if (p0, p1) == (0, t) else part_rows.positions(p0, p1))
+                total = part if total is None else total + part
+                del logits
         return total
 
     def fidelities(self) -> list[int]:

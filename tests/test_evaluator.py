@@ -156,32 +156,52 @@ def test_evaluator_equals_naive_loop(family, objective, tiny_lm, text_data, mc_d
 
 
 @pytest.mark.parametrize("objective", ["ppl", "kl", "kl_topk", "composite"])
-def test_head_is_computed_a_few_sequences_at_a_time(objective, tiny_lm, text_data, mc_data):
-    """Under a memory budget below one batch's logits, the head never sees more than one
-    sequence of a row-additive objective, and the values are those of whole batches."""
+def test_head_is_computed_a_few_sequences_and_positions_at_a_time(objective, tiny_lm, text_data, mc_data):
+    """Under a memory budget below one position's logits, the head of ppl and kl sees one
+    position of one sequence at a time, and the values are those of whole batches (ppl's
+    next token past a slice included)."""
     lm = tiny_lm("gemma3", N, vocab_size=1024 if objective == "kl_topk" else None)
     obj = build_objective(objective, lm, text_data, mc_data)
     masks = workloads(3)["ga"]
     want = naive_fitness(lm, obj, masks)
-    rows_seen = []
+    seen = []
     head = lm.masked.head
 
     def spy(hidden):
-        rows_seen.append(hidden.shape[0])
+        seen.append(tuple(hidden.shape[:2]))
         return head(hidden)
 
     lm.masked.head = spy
     try:
         for sharing in (True, False):
-            rows_seen.clear()
+            seen.clear()
             ev = Evaluator(lm, obj, prefix_sharing=sharing, memory_mb=1e-3)
             assert_close(ev.evaluate(masks), want)
             if objective == "composite":  # partials that are not plain sums: whole batches
-                assert sorted(set(rows_seen)) == sorted({b.input_ids.shape[0] for b in obj.batches()})
+                assert sorted({r for r, _ in seen}) == sorted({b.input_ids.shape[0] for b in obj.batches()})
             else:
-                assert rows_seen and max(rows_seen) == 1
+                assert seen and set(seen) == {(1, 1)}
+            seen.clear()
+            big = Evaluator(lm, obj, prefix_sharing=sharing, memory_mb=64)  # a whole batch fits: one call each
+            assert_close(big.evaluate(masks), want)
+            assert {s for s in seen if s != (1, 1)} == {tuple(b.input_ids.shape[:2]) for b in obj.batches()}
     finally:
         del lm.masked.head
+
+
+def test_a_batch_cut_by_positions_cuts_every_per_token_tensor():
+    from dpopt.objectives.base import Batch
+
+    ids = torch.arange(12).reshape(2, 6)
+    b = Batch(3, ids, 12, attention_mask=torch.ones(2, 6), position_ids=ids + 100,
+              extra={"pair": (ids * 2, ids * 3), "mask4d": torch.zeros(2, 1, 6, 6), "meta": "x"})
+    part = b.positions(2, 5)
+    assert part.index == 3 and part.size == 6
+    assert part.input_ids.tolist() == [[2, 3, 4], [8, 9, 10]]
+    assert part.position_ids.tolist() == [[102, 103, 104], [108, 109, 110]]
+    assert part.attention_mask.shape == (2, 3)
+    assert part.extra["pair"][1].tolist() == [[6, 9, 12], [24, 27, 30]]
+    assert part.extra["mask4d"].shape == (2, 1, 6, 6) and part.extra["meta"] == "x"  # not per token: shared
 
 
 def _distinct_block_calls(masks) -> int:

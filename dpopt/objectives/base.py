@@ -46,6 +46,26 @@ class Batch:
         return Batch(self.index, part, int(self.size * part.shape[0] // max(n, 1)), cut(self.attention_mask),
                      cut(self.position_ids), {k: cut(v) for k, v in self.extra.items()})
 
+    def positions(self, lo: int, hi: int) -> "Batch":
+        """Positions ``lo:hi`` of every sequence, with every per-token tensor cut alike.
+
+        Tensors (and tuples of tensors) whose first two dimensions are the batch's
+        (sequences, positions) are cut along positions; anything else (a 4D attention mask)
+        is shared. So a target that needs the token after a position (ppl's next token) must
+        be stored per position in ``extra``, not derived from ``input_ids``.
+        """
+        n, t = self.input_ids.shape[:2]
+
+        def cut(x):
+            if isinstance(x, torch.Tensor) and x.dim() > 1 and tuple(x.shape[:2]) == (n, t):
+                return x[:, lo:hi]
+            if isinstance(x, tuple):
+                return tuple(cut(v) for v in x)
+            return x
+
+        return Batch(self.index, self.input_ids[:, lo:hi], int(self.size * (hi - lo) // max(t, 1)),
+                     cut(self.attention_mask), cut(self.position_ids), {k: cut(v) for k, v in self.extra.items()})
+
 
 @runtime_checkable
 class Objective(Protocol):
@@ -99,6 +119,7 @@ class UserObjective:
         self.inner, self.spec = inner, spec
         self.name, self.direction = inner.name, inner.direction
         self.rows_additive = bool(getattr(inner, "rows_additive", False))
+        self.positions_additive = bool(getattr(inner, "positions_additive", False))
 
     def prepare(self, lm, data) -> None:
         self.inner.prepare(lm, data)
@@ -148,10 +169,15 @@ class TextObjective:
     the whole batch's partial. The evaluator then computes the head a few sequences at a
     time, so the full-vocabulary logits of a batch (1 GB for 4 x 256 tokens of Gemma's
     262k vocabulary) are never held at once.
+
+    ``positions_additive``: the same along positions (a slice from :meth:`Batch.positions`).
+    The head then runs on a few positions of one sequence at a time: one SmolLM2 sequence
+    of 256 tokens is 50 MB of logits, the largest tensor left in a CPU search.
     """
 
     name = "text"
     rows_additive = True
+    positions_additive = True
 
     def __init__(self, tokens: int = 4096, seq_len: int = 512, batch_size: int = 2):
         check_sizes(tokens=tokens, seq_len=seq_len, batch_size=batch_size)

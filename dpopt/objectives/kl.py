@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..spill import spill
 from .base import SCORE_CHUNK_BYTES, Batch, TextObjective, position_chunks, register_objective, row_chunks, sum_partials
 
 AUTO_TOPK_BYTES = 1 << 31  # above ~2 GB of dense targets, fall back to top-k
@@ -59,10 +60,12 @@ class KLDivergence(TextObjective):
                 del logp
             # targets stay on the model's device: moving them per scored mask would cost
             # more than the score itself on a GPU
+            # on CPU mapped from a file: a batch's targets take RAM only once a mask is
+            # scored on it, and a race that stops at half the data never reads the rest
             if self.topk:
-                b.extra["target"] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+                b.extra["target"] = (spill(torch.cat([p[0] for p in parts])), spill(torch.cat([p[1] for p in parts])))
             else:
-                b.extra["target"] = torch.cat(parts)
+                b.extra["target"] = spill(torch.cat(parts))
             del h, parts
 
     def score(self, logits: torch.Tensor, batch: Batch) -> np.ndarray:
