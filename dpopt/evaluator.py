@@ -310,8 +310,7 @@ class Evaluator(MemoEvaluator):
         set the peak memory of a search. So an objective whose partials add over sequences
         (``rows_additive``) gets the logits a few sequences at a time, and one whose partials
         also add over positions (``positions_additive``) a few positions at a time: pieces
-        of about a quarter of the memory budget, which leaves room for the objective's own
-        log-softmax of them. The partials are added with ``+``.
+        of at most the memory budget. The partials are added with ``+``.
         No isfinite scan of the logits here (it cost as much as the score itself): a NaN or
         Inf reaches the objective's statistics and makes ``finish`` non-finite, which the
         memo layer records as the worst fitness with its reason.
@@ -323,7 +322,10 @@ class Evaluator(MemoEvaluator):
             return self.objective.score(self.lm.masked.head(hidden), batch)
         if self._token_bytes is None:  # float32 logits of one position: what a piece is sized by
             self._token_bytes = 4 * self.lm.masked.head(hidden[:1, :1]).numel()
-        piece = max(1, self.memory_bytes // 4 // self._token_bytes)  # positions per piece
+        # positions per piece: as many as the budget holds (the objective chunks its own
+        # log-softmax). Not fewer: each piece reads the whole head matrix again, so pieces of
+        # a few dozen positions made SmolLM2's EvoPress run ~8% slower for no lower peak
+        piece = max(1, self.memory_bytes // self._token_bytes)
         rows = max(1, piece // t)
         step = t if rows > 1 or not by_pos else min(t, piece)
         total = None

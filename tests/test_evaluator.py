@@ -175,7 +175,7 @@ def test_head_is_computed_a_few_sequences_and_positions_at_a_time(objective, tin
     try:
         for sharing in (True, False):
             seen.clear()
-            ev = Evaluator(lm, obj, prefix_sharing=sharing, memory_mb=1e-3)
+            ev = Evaluator(lm, obj, prefix_sharing=sharing, memory_mb=1e-6)
             assert_close(ev.evaluate(masks), want)
             if objective == "composite":  # partials that are not plain sums: whole batches
                 assert sorted({r for r, _ in seen}) == sorted({b.input_ids.shape[0] for b in obj.batches()})

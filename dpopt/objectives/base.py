@@ -171,8 +171,8 @@ class TextObjective:
     262k vocabulary) are never held at once.
 
     ``positions_additive``: the same along positions (a slice from :meth:`Batch.positions`).
-    The head then runs on a few positions of one sequence at a time: one SmolLM2 sequence
-    of 256 tokens is 50 MB of logits, the largest tensor left in a CPU search.
+    The head then runs on a few positions of one sequence at a time when one sequence's
+    logits exceed the memory budget (a 512-token sequence of Gemma 3 is 540 MB).
     """
 
     name = "text"
