@@ -33,18 +33,7 @@ class Batch:
         Tensors (and tuples of tensors) in ``extra`` whose first dimension is the batch's
         are cut; anything else is shared. ``size`` counts the part's share of the tokens.
         """
-        n = self.input_ids.shape[0]
-
-        def cut(x):
-            if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == n:
-                return x[start:stop]
-            if isinstance(x, tuple):
-                return tuple(cut(v) for v in x)
-            return x
-
-        part = self.input_ids[start:stop]
-        return Batch(self.index, part, int(self.size * part.shape[0] // max(n, 1)), cut(self.attention_mask),
-                     cut(self.position_ids), {k: cut(v) for k, v in self.extra.items()})
+        return self._cut(0, start, stop)
 
     def positions(self, lo: int, hi: int) -> "Batch":
         """Positions ``lo:hi`` of every sequence, with every per-token tensor cut alike.
@@ -54,17 +43,23 @@ class Batch:
         is shared. So a target that needs the token after a position (ppl's next token) must
         be stored per position in ``extra``, not derived from ``input_ids``.
         """
-        n, t = self.input_ids.shape[:2]
+        return self._cut(1, lo, hi)
+
+    def _cut(self, dim: int, lo: int, hi: int) -> "Batch":
+        """``lo:hi`` along ``dim`` of every tensor whose leading ``dim + 1`` sizes are ``input_ids``'s."""
+        lead = tuple(self.input_ids.shape[:dim + 1])
+        span = (slice(None),) * dim + (slice(lo, hi),)
 
         def cut(x):
-            if isinstance(x, torch.Tensor) and x.dim() > 1 and tuple(x.shape[:2]) == (n, t):
-                return x[:, lo:hi]
+            if isinstance(x, torch.Tensor) and tuple(x.shape[:dim + 1]) == lead:
+                return x[span]
             if isinstance(x, tuple):
                 return tuple(cut(v) for v in x)
             return x
 
-        return Batch(self.index, self.input_ids[:, lo:hi], int(self.size * (hi - lo) // max(t, 1)),
-                     cut(self.attention_mask), cut(self.position_ids), {k: cut(v) for k, v in self.extra.items()})
+        part = self.input_ids[span]
+        return Batch(self.index, part, int(self.size * part.shape[dim] // max(lead[dim], 1)), cut(self.attention_mask),
+                     cut(self.position_ids), {k: cut(v) for k, v in self.extra.items()})
 
 
 @runtime_checkable
