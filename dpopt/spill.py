@@ -17,6 +17,8 @@ import tempfile
 import numpy as np
 import torch
 
+from .cache import cache_dir
+
 
 def spill(t: torch.Tensor) -> torch.Tensor:
     """``t`` (a CPU tensor) as a copy-on-write mapping of a file; other devices are returned as they are.
@@ -26,8 +28,6 @@ def spill(t: torch.Tensor) -> torch.Tensor:
     """
     if t.device.type != "cpu" or t.numel() == 0:
         return t
-    from .cache import cache_dir
-
     arr = t.detach().contiguous().numpy()
     try:
         fd, path = tempfile.mkstemp(dir=cache_dir("spill"), suffix=".bin")

@@ -18,7 +18,6 @@ from ._common import SearcherBase, check_float, check_int, private_global_random
 from .base import register_searcher
 
 
-
 def _cma():
     """The ``cma`` package, imported on first use: it pulls in matplotlib (~40 MB resident),
     which a run of any other searcher should not carry."""
