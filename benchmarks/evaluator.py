@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from _memory import peak_rss_mb  # noqa: E402  (benchmarks/ is sys.path[0])
 from dpopt.api import load  # noqa: E402
 from dpopt.evaluator import Evaluator  # noqa: E402
 from dpopt.genome import Constraint, LayerMask  # noqa: E402
@@ -54,20 +55,6 @@ REMOVE = 6
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-def vm_hwm_mb() -> float:
-    """Peak resident set size of this process (VmHWM), in MiB."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
 
 def sync(device) -> None:
     if torch.device(device).type == "cuda":
@@ -210,7 +197,7 @@ def phase_main(args) -> None:
         ev = Evaluator(lm, obj)
         ev.evaluate([parent])
         value = float(ev.evaluate(sets["ga"]).min())
-    print(json.dumps({"vmhwm_mb": vm_hwm_mb(), "gpu_peak_mb": gpu_peak_mb(lm.masked.device), "value": value}))
+    print(json.dumps({"vmhwm_mb": peak_rss_mb(), "gpu_peak_mb": gpu_peak_mb(lm.masked.device), "value": value}))
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -308,7 +295,7 @@ def main(argv=None) -> None:
           "(one partial dense pass each) except in ga warm; the floor does not.")
     print(f"naive vs dpopt vs floor fitness (ppl): max rel diff {max_rel:.2e}")
 
-    main_peak = vm_hwm_mb()
+    main_peak = peak_rss_mb()
     if dense_mem is not None:
         base = dense_mem["vmhwm_mb"]
         print()

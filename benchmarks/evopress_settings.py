@@ -16,7 +16,7 @@ computed batch by batch so it needs no stored targets.
     dpopt scores the first batches of a fixed calibration set.
 (b) ``--algo genetic`` with its defaults (budget ``--budget``, dpopt's default 200).
 
-Each configuration runs in its own process, so its peak RSS is its own. Printed per run:
+Each configuration runs in its own process, so its peak RSS (VmHWM) is its own. Printed per run:
 wall seconds, peak RSS, evaluations (distinct masks), scored tokens (mask x tokens), the
 final mask's held-out KL (full vocabulary) and perplexity; for (b) also when its
 best-so-far mask first reached (a)'s held-out KL or ``--target``.
@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,8 @@ import time
 
 import numpy as np
 import torch
+
+from _memory import peak_rss_mb  # benchmarks/ is sys.path[0]
 
 
 def load_stream(lm, tokens_needed: int, seq_len: int) -> torch.Tensor:
@@ -129,7 +130,7 @@ def child(a) -> None:
     wall = time.perf_counter() - start
     out = {"config": a.config, "seed": a.seed, "wall": wall, "evaluations": res.evaluations,
            "scored_tokens": scored["tokens"], "removed": list(res.best.removed()), "trail": trail,
-           "race": searcher.race_schedule, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "race": searcher.race_schedule, "peak_rss_mb": peak_rss_mb(),
            "generations": searcher.generation}
     print("RESULT " + json.dumps(out), flush=True)
 
