@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from landscapes import additive, brute_force, rugged, trap  # noqa: E402
+from landscapes import additive, brute_force, run_of_blocks, rugged, trap  # noqa: E402
 
 from dpopt.fitness import FunctionEvaluator  # noqa: E402
 from dpopt.genome import Constraint  # noqa: E402
@@ -46,6 +46,8 @@ def land(name, seed):
         return Constraint.build(20, remove=5), trap(20, 5, seed=100 + seed)[0]
     if name == "rugged":
         return Constraint.build(20, remove=6), rugged(20, seed=100 + seed)
+    if name == "run":
+        return Constraint.build(20, remove=6), run_of_blocks(20, 6, seed=100 + seed)[0]
     return Constraint.build(20, remove=5), additive(20, seed=100 + seed)
 
 

@@ -18,7 +18,7 @@ from dpopt.optim import SEARCHERS, Budget, run_search
 from dpopt.optim._common import level_switch_swaps
 from dpopt.optim.genetic import GeneticSearch, auto_race
 
-from landscapes import brute_force, rugged, trap
+from landscapes import brute_force, run_of_blocks, rugged, trap
 
 
 def masks_with_fitness(c: Constraint, values, rng):
@@ -189,7 +189,7 @@ def test_bias_draws_swaps_by_the_single_removal_ranking(bias):
 def test_bad_genetic_options_are_user_errors():
     c = Constraint.build(12, remove=3)
     for options in ({"init": "bi"}, {"race": "fast"}, {"crossover": "npoint"}, {"population": 0}, {"bias": 2},
-                    {"screen": 1.5}, {"pool": 0}, {"jump": "yes"}):
+                    {"screen": 1.5}, {"pool": 0}, {"jump": "yes"}, {"pairs": 1}):
         with pytest.raises(UserError):
             GeneticSearch(c, **options)
 
@@ -310,3 +310,38 @@ def test_each_generation_jumps_to_the_surrogates_optimum():
     s.tell(first, np.array([fn(m) for m in first]))
     best = LayerMask.from_removed(24, np.argsort(cost)[:6])
     assert best not in first and s.ask()[0] == best
+
+
+@pytest.mark.parametrize("land_seed", [0, 1, 2])
+def test_screening_fit_credits_a_run_of_neighbouring_blocks(land_seed):
+    """Where blocks cost least removed as a run, only pair terms can rank the masks near the run.
+
+    The fit sees what a search sees: random masks and masks a few swaps from the run. It must
+    order other masks near the run (one to three swaps away) as the landscape does.
+    """
+    from scipy.stats import spearmanr
+
+    n, k = 20, 6
+    c = Constraint.build(n, remove=k)
+    fn, run = run_of_blocks(n, k, seed=land_seed)
+    rng = np.random.default_rng(land_seed)
+    best = LayerMask.from_removed(n, run)
+
+    def near(swaps):
+        return c.swap_mutation(best, rng, swaps)
+
+    told = {m.key(): m for m in [c.random_mask(rng) for _ in range(60)] + [near(int(rng.integers(2, 5)))
+                                                                           for _ in range(60)]}
+    told.pop(best.key(), None)
+    masks = list(told.values())
+    probe = [near(int(rng.integers(1, 4))) for _ in range(200)]
+
+    def rank_agreement(pairs):
+        s = GeneticSearch(c, seed=0, race="none", pairs=pairs)
+        s.tell(masks, np.array([fn(m) for m in masks]))
+        assert s.surrogate is not None
+        predicted = [float(s._features(~m.bits) @ s._screen_fit) for m in probe]
+        return spearmanr(predicted, [fn(m) for m in probe]).statistic
+
+    with_pairs, units_only = rank_agreement(True), rank_agreement(False)
+    assert with_pairs > 0.95 and with_pairs > units_only + 0.1
