@@ -293,7 +293,7 @@ class GeneticSearch(SearcherBase):
         """
         if self.surrogate is None or self.rng.random() >= self.screen:
             return self._child()
-        coef = self._screen_fit
+        coef = self._screen_fit  # current: the read of surrogate above refitted it
         best, best_pred = None, np.inf
         for _ in range(self.pool):
             m = self._child()
@@ -332,7 +332,8 @@ class GeneticSearch(SearcherBase):
         """Per-unit removal cost, ridge-regressed on the scored masks (None until there are enough).
 
         Fitted when read after new scores, so a raced batch (observed at every stage, then
-        told) costs one fit, not one per stage.
+        told) costs one fit, not one per stage. The read refits ``_screen_fit`` with it, so
+        read this before that.
         """
         if self._fit_stale:
             self._fit_stale = False
