@@ -630,8 +630,11 @@ class StudyRecord:
                 if mask is None or not self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
                     continue
                 fid = t.user_attrs.get("fidelity")
-                self.storage.set_trial_system_attr(t._trial_id, "dpopt:owner", self.owner)
+                # the owner last: a worker killed between these writes leaves a trial without an
+                # owner (stale at once, so re-queued) or owned by the last of its "workers", never
+                # owned by a worker its record does not name
                 self.storage.set_trial_user_attr(t._trial_id, "workers", list(t.user_attrs.get("workers", [])) + [self.owner])
+                self.storage.set_trial_system_attr(t._trial_id, "dpopt:owner", self.owner)
                 self._mine[(mask.key(), fid)] = t._trial_id
                 taken.setdefault(fid, []).append(mask)
         if taken:
