@@ -118,7 +118,7 @@ class GeneticSearch(SearcherBase):
       ``init`` ("random" | "single"): "single" first scores every block removed alone, then
       draws the initial masks around the k least harmful (costs one evaluation per block).
       ``make demo`` runs ``init=single, initial=8``: on its setting (SmolLM2, 6 of 30, budget 200)
-      that found the best known mask on 3 seeds of 3, the defaults 13% worse on seed 0; the
+      that found the best known mask on 3 seeds of 3, the defaults on 2 (14% worse on seed 1); the
       default stays "random" because seeding from the ranking walks into greedy's trap
       (a group of blocks harmful alone, harmless together). benchmarks/RESULTS-searchers.md.
       ``bias`` (0.5): with "single", the share of mutation swaps drawn by that ranking (the
