@@ -97,12 +97,13 @@ def main() -> None:
     ap.add_argument("--option", action="append", default=[], metavar="ALGO:KEY=JSON",
                     help="searcher option, e.g. genetic:population=1 (repeatable)")
     ap.add_argument("--jsonl", default=None, help="append every finished run here")
-    ap.add_argument("--tables-from", default=None, metavar="FILE[,FILE...]",
+    ap.add_argument("--tables-from", default=None, nargs="+", metavar="FILE[,FILE...]",
                     help="run nothing: print the tables of runs recorded by --jsonl (several commands' runs merged; "
-                         "a later run of the same algo, objective, K and seed replaces an earlier one)")
+                         "a later run of the same algo, objective, K and seed replaces an earlier one); "
+                         "comma- or space-separated, so a long list can be split over lines")
     a = ap.parse_args()
     if a.tables_from:
-        return print_recorded(a.tables_from.split(","), a.budget)
+        return print_recorded([f for arg in a.tables_from for f in arg.split(",") if f], a.budget)
 
     options = {k: dict(v) for k, v in ALGO_OPTIONS.items()}
     for text in a.option:
