@@ -245,13 +245,19 @@ def new_owner() -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """A zombie counts as dead: a killed ``--workers`` child stays one until the search reaps
+    it, and its claims would otherwise wait out the whole lease."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (macOS) or it just went: trust kill(0)
+        return True
 
 
 # --- the record -------------------------------------------------------------------------------

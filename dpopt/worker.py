@@ -179,7 +179,7 @@ class LocalWorkers:
 
     def check(self) -> None:
         """Never wait on workers that are all gone: say why in one line."""
-        if any(p.poll() is None for p in self.procs):
+        if any([p.poll() is None for p in self.procs]):  # a list: poll (and so reap) every one
             return
         reason = ""
         for log in self.logs:

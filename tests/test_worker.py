@@ -5,6 +5,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,7 +16,7 @@ import pytest
 from dpopt.cli import main
 from dpopt.genome import LayerMask
 from dpopt.models.tiny import save_tiny_checkpoint
-from dpopt.tracking import Fingerprint, RunInfo, StudyRecord, open_storage
+from dpopt.tracking import Fingerprint, RunInfo, StudyRecord, _pid_alive, open_storage
 
 from services import wait_for
 
@@ -108,9 +110,8 @@ def _sigkill_holding_claims(storage: str, study: str, deadline: float = 240) -> 
 
 def test_sigkilled_worker_loses_nothing(ck, text_file, fresh_postgres_url, tmp_path, monkeypatch):
     """One of two workers is SIGKILLed holding claims: they go back to the queue and the other scores them."""
-    # a dead pid on this host is seen at once, so the lease never delays this test; at 20 s a
-    # live worker's claim was once adopted by the other under the full suite on 2 cores
-    # (a trial's first taker was not the killed worker), so it keeps the default's length
+    # a dead pid on this host (a zombie too) is seen at once, so the lease never delays this
+    # test; at the default's length, a live worker's claim is never taken for a dead one's
     monkeypatch.setenv("DPOPT_LEASE_SECONDS", "60")
     out = {}
     search = threading.Thread(target=lambda: out.setdefault("rc", cli(
@@ -180,6 +181,21 @@ def test_stale_claims_go_back_to_the_queue(tmp_path, monkeypatch):
     searcher.claim([LayerMask.from_removed(6, [5])], 64, {}, {})
     with pytest.raises(Exception, match="no dpopt worker has been alive"):
         searcher.wait([LayerMask.from_removed(6, [5])], 64, {}, {})
+
+
+def test_a_killed_child_worker_is_dead_before_it_is_reaped():
+    """``--workers`` children are the search's: killed, each is a zombie until reaped, and its
+    claims must go back to the queue at once, not after the lease."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert _pid_alive(child.pid)
+        child.kill()
+        wait_for(lambda: open(f"/proc/{child.pid}/stat").read().rpartition(")")[2].split()[0] == "Z",
+                 timeout=10, what="the zombie")
+        assert not _pid_alive(child.pid)
+    finally:
+        child.kill()
+        child.wait()
 
 
 class _Killed(BaseException):
