@@ -244,6 +244,16 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def _proc_state(pid: int) -> str | None:
+    """The kernel's one-letter state of ``pid`` ("Z": zombie); None without /proc (macOS) or
+    once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def _pid_alive(pid: int) -> bool:
     """A zombie counts as dead: a killed ``--workers`` child stays one until the search reaps
     it, and its claims would otherwise wait out the whole lease."""
@@ -253,11 +263,7 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):  # no /proc (macOS) or it just went: trust kill(0)
-        return True
+    return _proc_state(pid) != "Z"  # no /proc: trust kill(0)
 
 
 # --- the record -------------------------------------------------------------------------------

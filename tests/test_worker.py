@@ -16,7 +16,7 @@ import pytest
 from dpopt.cli import main
 from dpopt.genome import LayerMask
 from dpopt.models.tiny import save_tiny_checkpoint
-from dpopt.tracking import Fingerprint, RunInfo, StudyRecord, _pid_alive, open_storage
+from dpopt.tracking import Fingerprint, RunInfo, StudyRecord, _pid_alive, _proc_state, open_storage
 
 from services import wait_for
 
@@ -145,17 +145,17 @@ def _study_exists(storage, name):
         return False
 
 
+def queue_record(storage: str, owner: str | None = None) -> StudyRecord:
+    """A process's record of study "q" over 6 units: the queue tests' searcher or worker."""
+    return StudyRecord(storage, "q", Fingerprint({"x": 1}), "m", "minimize", [f"{i:02d}" for i in range(6)],
+                       RunInfo(algo="t"), owner=owner)
+
+
 def test_stale_claims_go_back_to_the_queue(tmp_path, monkeypatch):
     """Directly: queue claims are WAITING; a worker's take is exclusive; a worker silent past the lease
     (another machine: no pid to check) loses its claims back to WAITING, never to a FAIL row."""
     storage = f"sqlite:///{tmp_path}/q.db"
-    units = [f"{i:02d}" for i in range(6)]
-
-    def record(owner=None):
-        return StudyRecord(storage, "q", Fingerprint({"x": 1}), "m", "minimize", units, RunInfo(algo="t"),
-                           owner=owner)
-
-    searcher, remote, local = record(), record("elsewhere:1:remote"), record()
+    searcher, remote, local = queue_record(storage), queue_record(storage, "elsewhere:1:remote"), queue_record(storage)
     searcher.queue = True
     masks = [LayerMask.from_removed(6, [i]) for i in range(4)]
     todo, waiting = searcher.claim(masks, 64, {}, {})
@@ -190,8 +190,7 @@ def test_a_killed_child_worker_is_dead_before_it_is_reaped():
     try:
         assert _pid_alive(child.pid)
         child.kill()
-        wait_for(lambda: open(f"/proc/{child.pid}/stat").read().rpartition(")")[2].split()[0] == "Z",
-                 timeout=10, what="the zombie")
+        wait_for(lambda: _proc_state(child.pid) == "Z", timeout=10, what="the zombie")
         assert not _pid_alive(child.pid)
     finally:
         child.kill()
@@ -208,13 +207,8 @@ def test_a_worker_killed_mid_take_never_owns_a_trial_its_record_does_not_name(tm
     trial it owns names it last in ``workers``, and another worker scores them all; the one test
     with real processes (SIGKILL) once caught an owner missing from ``workers``."""
     storage = f"sqlite:///{tmp_path}/q.db"
-    units = [f"{i:02d}" for i in range(6)]
-
-    def record(owner=None):
-        return StudyRecord(storage, "q", Fingerprint({"x": 1}), "m", "minimize", units, RunInfo(algo="t"),
-                           owner=owner)
-
-    searcher, doomed, other = record(), record("elsewhere:1:doomed"), record("elsewhere:2:other")
+    searcher, doomed, other = (queue_record(storage), queue_record(storage, "elsewhere:1:doomed"),
+                               queue_record(storage, "elsewhere:2:other"))
     searcher.queue = True
     masks = [LayerMask.from_removed(6, [i]) for i in range(2)]
     searcher.claim(masks, 64, {}, {})
