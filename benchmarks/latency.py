@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 
 import dpopt  # noqa: E402
 from dpopt.genome import UnitSpace  # noqa: E402
-from dpopt.latency import LatencyCost, device_name, measure_checkpoint  # noqa: E402
+from dpopt.costs.latency import LatencyCost, device_name, measure_checkpoint  # noqa: E402
 from dpopt.models.export import export_pruned_units  # noqa: E402
 
 MODEL = "smollm2-135m"

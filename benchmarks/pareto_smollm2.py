@@ -1,7 +1,7 @@
 """A Pareto front of KL against measured latency on SmolLM2-135M, each point re-checked on its export.
 
 One multi-objective search (``nsga2``, whole blocks, 1 to 16 removed) minimises the KL to
-the dense model on calibration tokens and the latency cost (:mod:`dpopt.latency`: ms per
+the dense model on calibration tokens and the latency cost (:mod:`dpopt.costs.latency`: ms per
 token of a prefill + cached decode workload, measured on the pruned model without copying
 weights). Then every point of the front is exported with ``dpopt export``, reloaded with
 plain ``transformers`` and timed again on the same workload; the ratio of the two is
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import dpopt
-from dpopt.latency import measure_checkpoint
+from dpopt.costs.latency import measure_checkpoint
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ for p in (ROOT, ROOT / "tests"):
 from dpopt import api  # noqa: E402
 from dpopt.genome import LayerMask  # noqa: E402
 from dpopt.models.tiny import save_tiny_checkpoint  # noqa: E402
-from dpopt.worker import LocalWorkers  # noqa: E402
+from dpopt.record.worker import LocalWorkers  # noqa: E402
 
 
 def start_storage(tmp: Path, url: str | None):

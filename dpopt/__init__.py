@@ -13,7 +13,7 @@ The Python API (what the CLI calls)::
 __version__ = "0.1.0"
 
 from .api import evaluate_mask, export, load, make_evaluator, mask_from_removed, search  # noqa: E402
-from .compare import CompareResult, StudyResult, compare, study  # noqa: E402
+from .experiments.compare import CompareResult, StudyResult, compare, study  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .evaluator import Evaluator, LoadedModel  # noqa: E402
 from .genome import Constraint, LayerMask  # noqa: E402

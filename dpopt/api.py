@@ -17,7 +17,7 @@ from .evaluator import Evaluator, LoadedModel
 from .genome import LayerMask, UnitSpace, parse_index_list
 from .objectives import DEFAULT_TASKS
 from .result import SearchResult, write_json  # noqa: F401  (write_json: public helper)
-from .tracking import Fingerprint
+from .record.fingerprint import Fingerprint
 
 
 def load(model: str = "smollm2-135m", device: str = "auto", dtype: str = "float32") -> LoadedModel:
@@ -183,7 +183,8 @@ def open_record(lm: LoadedModel, evaluator: Evaluator, algo: str, k, seed: int, 
 
     ``k``: the number of units removed, or the run's Constraint (then its valid masks are
     the study's COMPLETE trials)."""
-    from .tracking import DEFAULT_STORAGE, RunInfo, StudyRecord
+    from .record.storage import DEFAULT_STORAGE
+    from .record.study import RunInfo, StudyRecord
 
     if storage == "none":
         return None
@@ -246,7 +247,7 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
     """
     from .genome import Constraint
     from .optim import Budget, run_search
-    from .tracking import DEFAULT_STORAGE
+    from .record.storage import DEFAULT_STORAGE
 
     from .costs import model_params, unit_params
 
@@ -280,7 +281,7 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
     record = open_record(lm, evaluator, algo, constraint, seed, storage, study)
     pool = None
     if workers or queue:
-        from .worker import LocalWorkers
+        from .record.worker import LocalWorkers
 
         record.queue = True
         if queue:  # the one thing a user must do next, on every machine with a GPU
@@ -328,7 +329,7 @@ def search(lm: LoadedModel, evaluator: Evaluator, algo: str, remove: int | None 
         study=record.study_name if record else None, storage=(storage or DEFAULT_STORAGE) if record else None,
         run=record.run.run if record else None, interrupted=bool(res.extra.get("interrupted")))
     if record is not None and not result.interrupted:
-        from .artifacts import upload_best_so_far
+        from .record.artifacts import upload_best_so_far
 
         upload_best_so_far(result.storage, record.study, result.history, objective_name,
                            f"{algo}, seed {seed}, {constraint.describe()}: best {objective_name} so far")
@@ -345,7 +346,7 @@ def _pareto_doc(lm: LoadedModel, evaluator: Evaluator, space: UnitSpace, constra
     import numpy as np
 
     from .models.units import plan_units
-    from .pareto import plot_pareto, write_pareto
+    from .costs.pareto import plot_pareto, write_pareto
 
     sign = 1 if evaluator.direction == "minimize" else -1
     metrics = [evaluator.objective.name] + [c.name for c in evaluator.costs]

@@ -191,7 +191,7 @@ def _grid_kwargs(a) -> dict:
 
 
 def _check_grid(a) -> None:
-    from .compare import check_grid, parse_names
+    from .experiments.compare import check_grid, parse_names
 
     check_grid(parse_names(a.algos, "--algos"), a.seeds, a.budget, a.report, a.overwrite, a.storage)
     _grid_options(a)
@@ -199,7 +199,7 @@ def _check_grid(a) -> None:
 
 def cmd_compare(a) -> int:
     from . import api
-    from .compare import compare, parse_names
+    from .experiments.compare import compare, parse_names
 
     _check_grid(a)  # every mistake before the model loads
     heldout = parse_names(a.heldout, "--heldout") if a.heldout.strip() else []
@@ -221,7 +221,7 @@ def cmd_compare(a) -> int:
 
 def cmd_study(a) -> int:
     from . import api
-    from .compare import parse_names, study
+    from .experiments.compare import parse_names, study
 
     _check_grid(a)
     if len(parse_names(a.objectives, "--objectives")) < 2:
@@ -256,7 +256,7 @@ def _worker_parser(sub) -> None:
 
 
 def cmd_worker(a) -> int:
-    from .worker import _stop_on_sigterm, run_worker
+    from .record.worker import _stop_on_sigterm, run_worker
 
     _stop_on_sigterm()
     run_worker(a.storage, a.study, device=a.device, take=a.take, idle_exit=a.idle_exit)
@@ -290,7 +290,7 @@ def cmd_search(a) -> int:
     from .genome import parse_params, parse_remove
     from .optim import SEARCHERS
 
-    from .tracking import DEFAULT_STORAGE, check_storage_writable
+    from .record.storage import DEFAULT_STORAGE, check_storage_writable
 
     parse_remove(a.remove), parse_params(a.max_params)  # a malformed size fails before anything loads
     factory = SEARCHERS.get(a.algo)  # fail on an unknown --algo before loading anything
@@ -389,7 +389,7 @@ def cmd_export(a) -> int:
 
     remove = a.remove
     if a.from_result:
-        from .pareto import point_units
+        from .costs.pareto import point_units
 
         units, _ = point_units(a.from_result, a.point)
         remove = ",".join(units)
@@ -453,8 +453,8 @@ def cmd_fetch(a) -> int:
 
 
 def cmd_dashboard(a) -> int:
-    from .dashboard import serve_dashboard
-    from .tracking import DEFAULT_STORAGE
+    from .record.dashboard import serve_dashboard
+    from .record.storage import DEFAULT_STORAGE
 
     return serve_dashboard(a.storage or DEFAULT_STORAGE, host=a.host, port=a.port)
 

@@ -20,7 +20,7 @@ WORST = float("inf")
 class MemoEvaluator:
     """Memo by (mask, fidelity), the sign convention, and the study record around scoring.
 
-    ``record`` (a :class:`dpopt.tracking.StudyRecord`, attached with :meth:`recording`) sees
+    ``record`` (a :class:`dpopt.record.StudyRecord`, attached with :meth:`recording`) sees
     every evaluation: masks are claimed there before scoring, so a value computed by another
     process or an earlier run is read instead of recomputed, and every result is written
     back as a trial. ``memo`` and ``failures`` are written only here and by :meth:`seed_memo`.

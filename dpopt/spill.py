@@ -17,7 +17,7 @@ import tempfile
 import numpy as np
 import torch
 
-from .cache import cache_dir
+from .downloads import cache_dir
 
 
 def spill(t: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import numpy as np
 from dpopt.fitness import FunctionEvaluator
 from dpopt.genome import Constraint, LayerMask
 from dpopt.optim import SEARCHERS, Budget, run_search
-from dpopt.report import (Evaluation, Experiment, RankMatrix, Reference, Run, build_compare_report,
+from dpopt.experiments.report import (Evaluation, Experiment, RankMatrix, Reference, Run, build_compare_report,
                           build_study_report, screenshot)
 
 N, K = 16, 4

@@ -13,11 +13,11 @@ import pytest
 
 import dpopt
 from dpopt.cli import main
-from dpopt.compare import run_grid
+from dpopt.experiments.compare import run_grid
 from dpopt.fitness import FunctionEvaluator
 from dpopt.genome import Constraint
 from dpopt.models.tiny import save_tiny_checkpoint
-from dpopt.report import build_compare_report
+from dpopt.experiments.report import build_compare_report
 
 IDENTITY = (2, 5)
 

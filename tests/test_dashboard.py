@@ -38,7 +38,7 @@ def study_storages(tmp_path_factory):
                "--storage", sqlite, "--study", STUDY, "--output", str(root / "result.json"), "--no-progress"])
     assert rc == 0
     journal = root / "studies.journal"
-    from dpopt.tracking import open_storage
+    from dpopt.record.storage import open_storage
 
     optuna.copy_study(from_study_name=STUDY, from_storage=sqlite, to_storage=open_storage(f"journal:{journal}"))
     return {"sqlite": sqlite, "journal": f"journal:{journal}"}
@@ -103,7 +103,7 @@ def sqlite_dashboard(study_storages):
 def _assert_api_matches_study(dash: Dashboard, storage: str) -> None:
     import optuna
 
-    from dpopt.tracking import open_storage
+    from dpopt.record.storage import open_storage
 
     study = optuna.load_study(study_name=STUDY, storage=open_storage(storage))
     detail = dash.get_json(f"/api/studies/{dash.study_id(STUDY)}")

@@ -20,7 +20,7 @@ import torch
 from dpopt.costs import make_costs
 from dpopt.errors import UserError
 from dpopt.genome import LayerMask, UnitSpace
-from dpopt.latency import LatencyCost, Timing, measure, measure_checkpoint, pruned_view
+from dpopt.costs.latency import LatencyCost, Timing, measure, measure_checkpoint, pruned_view
 from dpopt.models.export import export_pruned_units
 from dpopt.models.units import plan_units
 

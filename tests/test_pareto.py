@@ -16,7 +16,7 @@ from dpopt.errors import UserError
 from dpopt.fitness import FunctionEvaluator
 from dpopt.genome import Constraint, LayerMask, parse_params, parse_remove
 from dpopt.optim import SEARCHERS, Budget, run_search
-from dpopt.pareto import front_points, hypervolume_2d, nondominated, point_units
+from dpopt.costs.pareto import front_points, hypervolume_2d, nondominated, point_units
 from conftest import run_cli
 
 N = 10

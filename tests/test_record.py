@@ -16,7 +16,7 @@ import pytest
 import dpopt
 from dpopt.cli import main
 from dpopt.models.tiny import save_tiny_checkpoint
-from dpopt.tracking import open_storage
+from dpopt.record.storage import open_storage
 
 from services import wait_for
 
@@ -272,7 +272,8 @@ def test_seq_len_past_rope_positions_warns_and_runs(ck, text_file, tmp_path, cap
 # --- claims, directly ------------------------------------------------------------------------------
 
 def _record(storage, owner_tag=""):
-    from dpopt.tracking import Fingerprint, RunInfo, StudyRecord
+    from dpopt.record.fingerprint import Fingerprint
+    from dpopt.record.study import RunInfo, StudyRecord
 
     return StudyRecord(storage, "claims", Fingerprint({"x": 1}), "m", "minimize", [f"{i:02d}" for i in range(6)],
                        RunInfo(algo=f"a{owner_tag}", seed=0))

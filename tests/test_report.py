@@ -18,8 +18,8 @@ from scipy import stats as sps
 from dpopt import stats
 from dpopt.errors import UserError
 from dpopt.genome import Constraint, LayerMask
-from dpopt.report import build_compare_report, build_study_report, prepare_dir
-from dpopt.stats import Evaluation, Experiment, RankMatrix, Reference, Run, Score
+from dpopt.experiments.report import build_compare_report, build_study_report, prepare_dir
+from dpopt.experiments.stats import Evaluation, Experiment, RankMatrix, Reference, Run, Score
 from test_searchers_synthetic import brute_force, make_objective
 
 
@@ -283,7 +283,7 @@ def test_html_shows_its_plots_in_headless_chromium(synthetic, tmp_path):
     """The page alone (copied away from its PNG files) renders the anytime plot in Chromium."""
     from PIL import Image
 
-    from dpopt.report import screenshot
+    from dpopt.experiments.report import screenshot
 
     exp, _ = synthetic
     build_compare_report(exp, tmp_path / "rep")

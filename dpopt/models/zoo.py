@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cache import cache_dir, extract_member, fetch_package
+from ..downloads import cache_dir, extract_member, fetch_package
 from ..errors import UserError
 from ..registry import Registry
 

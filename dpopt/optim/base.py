@@ -191,7 +191,7 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, record=None,
         raise UserError(f"searcher {searcher.name!r} proposed no mask")
     extra: dict[str, Any] = {"interrupted": True} if interrupted else {}
     if costs:
-        from ..pareto import front_points
+        from ..costs.pareto import front_points
 
         extra["evaluated"] = list(scored.values())
         extra["front"] = front_points(extra["evaluated"])

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def nondominated(values: np.ndarray) -> list[int]:

@@ -19,8 +19,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import UserError
-from .genome import Constraint, LayerMask
+from ..errors import UserError
+from ..genome import Constraint, LayerMask
 from .stats import Evaluation, Experiment, RankMatrix, Reference, Run, Score
 
 BRUTE_FORCE_LIMIT = 200_000  # masks: beyond this even an explicit --brute-force is refused
@@ -41,8 +41,8 @@ def parse_names(text: str | Sequence[str], flag: str) -> list[str]:
 def check_grid(algos: Sequence[str], seeds: int, budget: int | None, report: str | None = None,
                overwrite: bool = False, storage: str | None = None) -> None:
     """Every user mistake the grid can detect without a model: fail fast, one line each."""
-    from .optim import SEARCHERS
-    from .tracking import DEFAULT_STORAGE, check_storage_writable
+    from ..optim import SEARCHERS
+    from ..record.storage import DEFAULT_STORAGE, check_storage_writable
 
     for name in algos:  # each name checked before any run starts
         SEARCHERS.get(name)
@@ -96,7 +96,7 @@ def study_prefix(model: str, objective: str, k: int, fingerprint_short: str) -> 
 
 
 def _fingerprint(evaluator):
-    from .tracking import Fingerprint
+    from ..record.fingerprint import Fingerprint
 
     fp = getattr(evaluator, "fingerprint", None)
     return fp if fp is not None else Fingerprint({"evaluator": type(evaluator).__name__,
@@ -106,7 +106,7 @@ def _fingerprint(evaluator):
 def open_run_record(storage: str, study: str, evaluator, metric: str, n_units: int, algo: str, seed: int,
                     extra: dict | None = None):
     """The study one (algo, seed) run records into (what ``api.open_record`` does, without a model)."""
-    from .tracking import RunInfo, StudyRecord
+    from ..record.study import RunInfo, StudyRecord
 
     return StudyRecord(storage, study, _fingerprint(evaluator), metric, evaluator.direction,
                        [f"{i:02d}" for i in range(n_units)], RunInfo(algo=algo, seed=seed, extra=dict(extra or {})))
@@ -149,8 +149,8 @@ def run_grid(evaluator, constraint: Constraint, algos: Sequence[str], seeds: int
     marked failed and the grid goes on; KeyboardInterrupt stops the grid (what was scored
     stays in the studies, and the same command resumes).
     """
-    from .api import make_searcher
-    from .optim import Budget, run_search
+    from ..api import make_searcher
+    from ..optim import Budget, run_search
 
     n0, u0 = evaluator.n_scored, getattr(evaluator, "units_scored", None)
     start = time.perf_counter()
@@ -325,9 +325,9 @@ def compare(lm, objective: str = "ppl", algos: str | Sequence[str] = "greedy,ran
     ``heldout``: objectives each searcher's best mask is re-scored on, on the held-out
     (``eval``) split; ``brute_force``: None = enumerate the space when it fits in ``budget``.
     """
-    from . import api
-    from .data import DEFAULT_DATA_SEED
-    from .tracking import DEFAULT_STORAGE
+    from .. import api
+    from ..data import DEFAULT_DATA_SEED
+    from ..record.storage import DEFAULT_STORAGE
 
     algos = parse_names(algos, "--algos")
     held = parse_names(heldout, "--heldout") if heldout else []
@@ -365,7 +365,7 @@ def _build_compare(exp, report, scores, cost):
 def _heldout(lm, masks: Mapping[str, LayerMask], objectives: Sequence[str], data, tasks, data_seed, ev_opts,
              opts, dense: bool = True) -> dict[str, dict[str, Score]]:
     """Score each mask on each objective's held-out split; the dense model as a row of its own."""
-    from . import api
+    from .. import api
 
     if not objectives or not masks:
         return {}
@@ -391,9 +391,9 @@ def study(lm, objectives: str | Sequence[str] = ("ppl", "kl"), algos: str | Sequ
           evaluator_options: dict | None = None, n_boot: int = 1000, **objective_options) -> StudyResult:
     """Does the objective matter more than the searcher? The compare grid per objective, then
     rank correlations over one common set of masks and every best mask on every held-out split."""
-    from . import api
-    from .data import DEFAULT_DATA_SEED
-    from .tracking import DEFAULT_STORAGE
+    from .. import api
+    from ..data import DEFAULT_DATA_SEED
+    from ..record.storage import DEFAULT_STORAGE
 
     objs = parse_names(objectives, "--objectives")
     if len(objs) < 2:

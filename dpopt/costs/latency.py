@@ -36,9 +36,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from .costs import CachedCost, register_cost
-from .errors import UserError
-from .genome import LayerMask, UnitSpace
+from .base import CachedCost, register_cost
+from ..errors import UserError
+from ..genome import LayerMask, UnitSpace
 
 CLOCKS: dict[str, Callable[[], float]] = {
     "wall": time.perf_counter,  # what a user waits; on a shared CPU it also times the neighbours

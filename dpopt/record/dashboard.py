@@ -13,8 +13,8 @@ import sys
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from .errors import UserError
-from .tracking import open_storage
+from ..errors import UserError
+from .storage import open_storage
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):

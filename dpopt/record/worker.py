@@ -22,8 +22,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .tracking import HB_PREFIX, QUEUE_POLL_SECONDS, heartbeat_seconds, RunInfo, StudyRecord, _one_line, new_owner, open_storage
+from ..errors import UserError
+from .liveness import Heartbeat, new_owner
+from .storage import one_line, open_storage
+from .study import QUEUE_POLL_SECONDS, RunInfo, StudyRecord
 
 DEFAULT_TAKE = 64
 
@@ -47,7 +49,7 @@ def study_recipe(storage: str, study: str) -> tuple[dict, dict]:
     except KeyError:
         raise UserError(f"no study named {study!r} in {storage}") from None
     except Exception as exc:
-        raise UserError(f"cannot read storage {storage}: {_one_line(exc)}") from None
+        raise UserError(f"cannot read storage {storage}: {one_line(exc)}") from None
     attrs = st.get_study_user_attrs(study_id)
     recipe = attrs.get("recipe")
     if not recipe or "fingerprint" not in attrs:
@@ -58,8 +60,8 @@ def study_recipe(storage: str, study: str) -> tuple[dict, dict]:
 
 def build_evaluator(attrs: dict, recipe: dict, device: str, study: str):
     """Rebuild the search's evaluator here; refuse unless it reproduces the study's fingerprint."""
-    from . import api
-    from .tracking import Fingerprint
+    from .. import api
+    from .fingerprint import Fingerprint
 
     try:
         lm = api.load(recipe["model"], device, recipe.get("dtype", "float32"))
@@ -86,12 +88,17 @@ def run_worker(storage: str, study: str, device: str = "auto", take: int = DEFAU
         raise UserError(f"--take must be at least 1, got {take}")
     attrs, recipe = study_recipe(storage, study)
     owner = new_owner()
-    with _Beat(storage, study, owner):  # alive while it loads a big model too: the search keeps waiting
+    st = open_storage(storage)
+    life = Heartbeat(st, st.get_study_id_from_name(study), owner)
+    life.start()  # alive while it loads a big model too: the search keeps waiting
+    try:
         lm, ev = build_evaluator(attrs, recipe, device, study)
         record = StudyRecord(storage, study, ev.fingerprint, ev.objective.name, ev.direction, attrs.get("units", []),
                              RunInfo(algo="worker", extra=dict(device=str(lm.masked.device))), create=False,
                              owner=owner)
         return _serve(record, ev, lm, take, idle_exit, log)
+    finally:
+        life.stop(retire=True)  # gone on purpose: nobody should count on this worker
 
 
 def _serve(record: StudyRecord, ev, lm, take: int, idle_exit: float | None, log) -> WorkerStats:
@@ -122,33 +129,6 @@ def _serve(record: StudyRecord, ev, lm, take: int, idle_exit: float | None, log)
     log(f"worker {owner} scored {stats.scored} masks in {stats.batches} takes ({stats.seconds:.2f} s scoring)",
         flush=True)
     return stats
-
-
-class _Beat:
-    """The worker's heartbeat for its whole life (``dpopt:hb:<owner>``); zeroed on a clean exit."""
-
-    def __init__(self, storage: str, study: str, owner: str):
-        self.storage = open_storage(storage)
-        self.study_id = self.storage.get_study_id_from_name(study)
-        self.key = f"{HB_PREFIX}{owner}"
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="dpopt-worker-heartbeat", daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop.wait(heartbeat_seconds()):
-            with contextlib.suppress(Exception):
-                self.storage.set_study_system_attr(self.study_id, self.key, time.time())
-
-    def __enter__(self):
-        self.storage.set_study_system_attr(self.study_id, self.key, time.time())
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(5)
-        with contextlib.suppress(Exception):  # gone on purpose: nobody should count on this worker
-            self.storage.set_study_system_attr(self.study_id, self.key, 0.0)
 
 
 def _stop_on_sigterm() -> None:

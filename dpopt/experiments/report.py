@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 from .stats import (  # noqa: F401  (re-exported: the integrator imports the input model from here)
     Evaluation, Experiment, RankMatrix, Reference, Run, Score, anytime_curve, as_score, best_reference,
     best_so_far, ecdf, headline, indistinguishable, jaccard_matrix, objective_vs_searcher, pairwise_tests,

@@ -1,272 +1,35 @@
-"""The Optuna study is the record of a search: complete, fingerprinted, resumable, shared.
+"""The study record: one trial per (mask, fidelity), claims, the queue and completions.
 
-* **One trial per (mask, fidelity)** evaluated in the study, raced or not (COMPLETE for a
-  candidate answer, PRUNED with its value for the dense reference and greedy's
-  intermediate steps, so the study's best trial is always an answer): the raw value as
-  the objective reports it (the study's direction is the objective's), the fidelity in
-  tokens or questions, real start and end times, the failure reason, and who asked for it
-  (run id, searcher, seed, batch number). A mask another run of the same grid already
-  scored is recorded too, marked ``computed: false``, so every study shows its whole run.
-* **A fingerprint** of everything that changes a mask's value (model identity, dtype,
-  objective and its settings, data, split, data seed) is stored on the study; opening a
-  study recorded under another fingerprint is refused, naming the settings that differ.
-  So a resumed memo never holds a value measured under other settings.
-* **Claims, not a set read once.** Before scoring, a process claims each (mask, fidelity)
-  under a storage-wide lock: a trial that does not exist yet is created RUNNING and owned by
-  this process; a WAITING one (queued, or released by an interrupted run) is taken; a
-  RUNNING one whose owner is alive is waited for; one whose owner died (same host and its
-  pid is gone, or no heartbeat for ``DPOPT_LEASE_SECONDS``) is adopted. Two processes on one
-  study therefore never score the same mask twice, and a killed run loses nothing.
-* **The queue.** In queue mode (``dpopt search --workers N`` or ``--queue``) a claim creates
-  WAITING trials instead and waits: ``dpopt worker`` processes (:mod:`dpopt.worker`) take
-  them with Optuna's atomic WAITING->RUNNING transition, score them and complete them. A
-  stale RUNNING trial goes back to WAITING (not FAIL: one trial per evaluation, never a
-  duplicate row), so another worker scores it; the study carries the ``recipe`` a worker
-  rebuilds the evaluator from, and its fingerprint decides whether the worker may.
-
-SQLite (the default) serialises writers with a lock file beside the database; for many
-processes or machines give a PostgreSQL URL (an advisory lock) or ``journal:FILE``.
+See :mod:`dpopt.record` for what the record guarantees.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
-import os
 import socket
-import threading
 import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-from .errors import UserError
-from .genome import LayerMask
+from ..errors import UserError
+from ..genome import LayerMask
+from .fingerprint import Fingerprint
+from .liveness import HB_PREFIX, Heartbeat, lease_seconds, new_owner, pid_alive
+from .storage import make_lock, one_line, open_storage
 
-DEFAULT_STORAGE = "sqlite:///dpopt-studies.db"
-HEARTBEAT_SECONDS = 5.0
 POLL_SECONDS = 0.5
 QUEUE_POLL_SECONDS = 0.1
 
 
-def lease_seconds() -> float:
-    """How long a claim survives without a heartbeat before another process adopts it."""
-    return float(os.environ.get("DPOPT_LEASE_SECONDS", "60"))
+def trial_id(trial) -> int:
+    """A FrozenTrial's storage id. Optuna keeps it private (``_trial_id``) yet its storage API
+    addresses trials by it; the public detour (``get_trial_id_from_study_id_trial_number``)
+    costs a query per trial inside the claim lock, so this is the one place that reads it."""
+    return trial._trial_id
 
-
-def heartbeat_seconds() -> float:
-    """Beat well inside the lease, so a live owner never looks stale under a short lease."""
-    return max(0.05, min(HEARTBEAT_SECONDS, lease_seconds() / 4))
-
-
-HB_PREFIX = "dpopt:hb:"
-
-
-# --- fingerprint ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Fingerprint:
-    """Everything that changes a mask's value, hashed; two runs may share values iff equal."""
-
-    settings: dict[str, Any]
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.settings, sort_keys=True, default=str).encode()).hexdigest()
-
-    @property
-    def short(self) -> str:
-        return self.digest[:8]
-
-    def differences(self, other: dict[str, Any]) -> list[str]:
-        """``key: theirs -> ours`` for every setting that differs (nested dicts flattened)."""
-        mine, theirs = _flatten(self.settings), _flatten(other)
-        out = []
-        for key in sorted(set(mine) | set(theirs)):
-            if mine.get(key) != theirs.get(key):
-                out.append(f"{key} {_short(theirs.get(key))} (study) vs {_short(mine.get(key))} (now)")
-        return out
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _short(v: Any) -> str:
-    text = json.dumps(v, default=str) if not isinstance(v, str) else v
-    return text if len(text) <= 24 else text[:12] + "…"
-
-
-# --- storage ----------------------------------------------------------------------------------
-
-def storage_kind(url: str) -> str:
-    if url.startswith("journal:"):
-        return "journal"
-    return url.split(":", 1)[0].split("+", 1)[0]
-
-
-def _sqlite_path(url: str) -> str | None:
-    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else None
-    return None if path in (None, "", ":memory:") else path
-
-
-def check_storage_writable(url: str) -> None:
-    """Refuse a storage that cannot be written before any model loads (a file URL's folder)."""
-    path = url[len("journal:"):] if url.startswith("journal:") else _sqlite_path(url)
-    if storage_kind(url) not in ("journal", "sqlite", "postgresql", "mysql", "oracle", "mssql"):
-        raise UserError(f"--storage {url!r} is not a storage URL: give sqlite:///FILE, journal:FILE, "
-                        "postgresql://..., or none")
-    if path is None:
-        return
-    p = Path(path).expanduser()
-    if p.is_dir():
-        raise UserError(f"--storage {url}: {p} is a directory")
-    folder = p.parent if str(p.parent) else Path(".")
-    if not folder.is_dir():
-        raise UserError(f"--storage {url}: folder {folder} does not exist")
-    if (p.exists() and not os.access(p, os.W_OK)) or not os.access(folder, os.W_OK):
-        raise UserError(f"--storage {url}: {p} is not writable")
-
-
-def open_storage(url: str):
-    """An Optuna storage object for a dpopt storage URL; a bad URL is a UserError."""
-    import optuna
-
-    check_storage_writable(url)
-    try:
-        if url.startswith("journal:"):
-            from optuna.storages import JournalStorage
-            from optuna.storages.journal import JournalFileBackend
-
-            return JournalStorage(JournalFileBackend(str(Path(url[len("journal:"):]).expanduser())))
-    except Exception as exc:
-        raise UserError(f"cannot open storage {url}: {_one_line(exc)}") from None
-    for attempt in range(5):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
-        except Exception as exc:
-            # several processes opening a fresh database race to create Optuna's tables: the
-            # losers see "already exists" or a unique violation, and succeed on a retry
-            if attempt == 4 or not any(w in str(exc) for w in ("already exists", "UniqueViolation", "duplicate key")):
-                raise UserError(f"cannot open storage {url}: {_one_line(exc)}") from None
-            time.sleep(0.5 * (attempt + 1))
-
-
-def _engine_kwargs(url: str) -> dict:
-    if storage_kind(url) == "sqlite":  # several processes on one file: wait for the lock, don't fail
-        return {"connect_args": {"timeout": 60}}
-    if storage_kind(url) == "postgresql":
-        return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
-    return {}
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:300]
-
-
-class _FileLock:
-    """An exclusive ``flock`` on a file beside the database: one writer across processes."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
-        import fcntl
-
-        with open(self.path, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-class _AdvisoryLock:
-    """PostgreSQL's advisory lock (MySQL's GET_LOCK): one writer across machines."""
-
-    def __init__(self, storage, name: str, kind: str):
-        self.engine = storage.engine
-        self.key = int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big", signed=True)
-        self.name, self.kind = name[:60], kind
-
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
-        from sqlalchemy import text
-
-        with self.engine.connect() as conn:
-            if self.kind == "postgresql":
-                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
-            else:
-                conn.execute(text("SELECT GET_LOCK(:n, 600)"), {"n": self.name})
-            try:
-                yield
-            finally:
-                if self.kind == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
-                else:
-                    conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": self.name})
-                conn.commit()
-
-
-def _make_lock(url: str, storage, study_name: str):
-    kind = storage_kind(url)
-    if kind == "journal":
-        return _FileLock(str(Path(url[len("journal:"):]).expanduser()) + ".dpopt-lock")
-    if kind == "sqlite" and _sqlite_path(url):
-        return _FileLock(str(Path(_sqlite_path(url)).expanduser()) + ".dpopt-lock")
-    if kind in ("postgresql", "mysql"):
-        return _AdvisoryLock(storage, f"dpopt:{study_name}", kind)
-    lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def local() -> Iterator[None]:  # in-memory SQLite and other engines: one process only
-        with lock:
-            yield
-
-    return local
-
-
-# --- owners and leases ------------------------------------------------------------------------
-
-def new_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _proc_state(pid: int) -> str | None:
-    """The kernel's one-letter state of ``pid`` ("Z": zombie); None without /proc (macOS) or
-    once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    """A zombie counts as dead: a killed ``--workers`` child stays one until the search reaps
-    it, and its claims would otherwise wait out the whole lease."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return _proc_state(pid) != "Z"  # no /proc: trust kill(0)
-
-
-# --- the record -------------------------------------------------------------------------------
 
 def param_name(unit: str) -> str:
     return f"keep_{unit}"
@@ -310,13 +73,12 @@ class StudyRecord:
         self.monitor = None  # queue mode: called while waiting; raises when the workers cannot finish
         self._last_worker_seen: float | None = None  # queue mode without a monitor: when a worker last beat
         self.storage = open_storage(storage)
-        self._lock = _make_lock(storage, self.storage, study_name)
+        self._lock = make_lock(storage, self.storage, study_name)
         self.study = self._open_study(create)
-        self.study_id = self.study._study_id
+        self.study_id = self.storage.get_study_id_from_name(study_name)
         self._by_key: dict[tuple[bytes, Any], Any] = {}  # (mask key, fidelity) -> FrozenTrial
         self._mine: dict[tuple[bytes, Any], int] = {}  # claimed by this process: -> trial id
-        self._hb_stop = threading.Event()
-        self._hb_thread: threading.Thread | None = None
+        self.heartbeat = Heartbeat(self.storage, self.study_id, self.owner, active=lambda: bool(self._mine))
 
     # --- opening ---------------------------------------------------------------------------
     def _open_study(self, create: bool):
@@ -331,7 +93,7 @@ class StudyRecord:
         except KeyError:
             raise UserError(f"no study named {self.study_name!r} in {self.url}") from None
         except Exception as exc:
-            raise UserError(f"cannot open study {self.study_name!r} in {self.url}: {_one_line(exc)}") from None
+            raise UserError(f"cannot open study {self.study_name!r} in {self.url}: {one_line(exc)}") from None
         directions = [d.name.lower() for d in study.directions]
         if directions != self.directions:
             raise UserError(f"study {self.study_name!r} exists with directions {', '.join(directions)}, "
@@ -457,7 +219,7 @@ class StudyRecord:
             return True
         host, _, rest = owner.partition(":")
         pid = int(rest.partition(":")[0] or 0)
-        if host == socket.gethostname() and pid and not _pid_alive(pid):
+        if host == socket.gethostname() and pid and not pid_alive(pid):
             return True
         beat = beats.get(f"{HB_PREFIX}{owner}")
         started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
@@ -509,10 +271,10 @@ class StudyRecord:
                     continue  # someone else is scoring it, but we already know the value
                 elif self.queue:
                     if t.state == TrialState.RUNNING and stale(t):  # its worker died: back to the queue
-                        self.storage.set_trial_state_values(t._trial_id, TrialState.WAITING)
+                        self.storage.set_trial_state_values(trial_id(t), TrialState.WAITING)
                     waiting.append(m)
                 elif t.state == TrialState.WAITING:
-                    if self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+                    if self.storage.set_trial_state_values(trial_id(t), TrialState.RUNNING):
                         self._take(t, k)
                         todo.append(m)
                     else:
@@ -523,14 +285,14 @@ class StudyRecord:
                 else:
                     waiting.append(m)
         if self._mine:
-            self._heartbeat()
+            self.heartbeat.start()
         return todo, waiting
 
     def _take(self, trial, k) -> None:
-        self.storage.set_trial_system_attr(trial._trial_id, "dpopt:owner", self.owner)
+        self.storage.set_trial_system_attr(trial_id(trial), "dpopt:owner", self.owner)
         for key, value in self._attrs(self.mask_of(trial.params), k[1], True).items():
-            self.storage.set_trial_user_attr(trial._trial_id, key, value)
-        self._mine[k] = trial._trial_id
+            self.storage.set_trial_user_attr(trial_id(trial), key, value)
+        self._mine[k] = trial_id(trial)
 
     def complete(self, masks: Sequence[LayerMask], fidelity, raws: Sequence[float], failures: dict,
                  seconds: float) -> None:
@@ -583,21 +345,8 @@ class StudyRecord:
         return []
 
     # --- liveness ------------------------------------------------------------------------------
-    def _heartbeat(self, always: bool = False) -> None:
-        """Beat now and from a thread: while this process holds claims (``always``: a worker, idle too)."""
-        self.storage.set_study_system_attr(self.study_id, f"{HB_PREFIX}{self.owner}", time.time())
-        if self._hb_thread is None:
-            def beat() -> None:
-                while not self._hb_stop.wait(heartbeat_seconds()):
-                    if self._mine or always:
-                        with contextlib.suppress(Exception):
-                            self.storage.set_study_system_attr(self.study_id, f"{HB_PREFIX}{self.owner}", time.time())
-
-            self._hb_thread = threading.Thread(target=beat, name="dpopt-heartbeat", daemon=True)
-            self._hb_thread.start()
-
     def close(self) -> None:
-        self._hb_stop.set()
+        self.heartbeat.stop()
 
     # --- the queue (dpopt worker) ------------------------------------------------------------------
     def live_workers(self) -> list[str]:
@@ -639,16 +388,16 @@ class StudyRecord:
             share = max(1, math.ceil(len(waiting) / (len(self.live_workers()) + 1)))
             for t in sorted(waiting, key=lambda t: t.number)[: min(limit, share)]:
                 mask = self.mask_of(t.params)
-                if mask is None or not self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+                if mask is None or not self.storage.set_trial_state_values(trial_id(t), TrialState.RUNNING):
                     continue
                 fid = t.user_attrs.get("fidelity")
                 # the owner last: a worker killed between these writes leaves a trial without an
                 # owner (stale at once, so re-queued) or owned by the last of its "workers", never
                 # owned by a worker its record does not name
-                self.storage.set_trial_user_attr(t._trial_id, "workers", list(t.user_attrs.get("workers", [])) + [self.owner])
-                self.storage.set_trial_system_attr(t._trial_id, "dpopt:owner", self.owner)
-                self._mine[(mask.key(), fid)] = t._trial_id
+                self.storage.set_trial_user_attr(trial_id(t), "workers", list(t.user_attrs.get("workers", [])) + [self.owner])
+                self.storage.set_trial_system_attr(trial_id(t), "dpopt:owner", self.owner)
+                self._mine[(mask.key(), fid)] = trial_id(t)
                 taken.setdefault(fid, []).append(mask)
         if taken:
-            self._heartbeat()
+            self.heartbeat.start()
         return taken

@@ -2,7 +2,7 @@
 
 A cost depends on the mask alone, never on calibration data, so it is computed once per
 mask and cached here, apart from the objective's memo (which is keyed by fidelity too).
-``params`` is counted exactly from the units' weights; ``latency`` (:mod:`dpopt.latency`)
+``params`` is counted exactly from the units' weights; ``latency`` (:mod:`dpopt.costs.latency`)
 is measured on the device and carries its noise. A cost is built from the loaded model and
 the unit space by its registry entry: ``COSTS.get(name)(lm, space, **options)``.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
-from .errors import UserError
-from .genome import LayerMask, UnitSpace
-from .registry import Registry
+from ..errors import UserError
+from ..genome import LayerMask, UnitSpace
+from ..registry import Registry
 
 
 @runtime_checkable
@@ -78,7 +78,7 @@ def unit_params(lm, space: UnitSpace) -> list[int]:
     blocks = [sum(p.numel() for p in b.parameters()) for b in lm.masked.blocks]
     if all(kinds is None for _, kinds in space.units):
         return [blocks[b] for b, _ in space.units]
-    from .models.units import unit_param_counts
+    from ..models.units import unit_param_counts
 
     sub = unit_param_counts(lm.masked)
     return [blocks[b] if kinds is None else sum(sub[f"{k}.{b}"] for k in kinds) for b, kinds in space.units]
@@ -119,4 +119,3 @@ def make_costs(lm, space: UnitSpace, names: Sequence[str] | str | None, **option
         own = {k: v for k, v in options.items() if k in getattr(factory, "OPTIONS", ())}
         out.append(factory(lm, space, **own))
     return out
-from . import latency  # noqa: E402,F401  (registers the measured latency cost)
