@@ -21,10 +21,9 @@ install: $(STAMP)
 fetch: $(STAMP)
 	$(VENV)/bin/dpopt fetch smollm2-135m wikipedia
 
-# init=single, initial=8: genetic seeded from the single-block ranking (30 probes, 8 masks around it)
-# reaches the best known mask on these tokens at budget 200 (52.51) on seeds 0-2, where the random-init
-# defaults end 14% worse on seed 1 (59.99; benchmarks/reports/demo-genetic-session9.jsonl); the defaults keep random init
-# because the ranking misleads on landscapes where blocks are harmful alone, harmless together.
+# init=single, initial=8: genetic seeded from the single-block ranking, which on this model reaches good
+# masks within the demo's budget; not the default, because the ranking misleads where blocks are harmful
+# alone and harmless together. Measurements: benchmarks/README.md.
 demo: fetch
 	$(VENV)/bin/dpopt search --model smollm2-135m --algo genetic --objective ppl --data wikipedia \
 		--remove 6 --budget 200 --tokens 1024 --batch-size 1 --seed 0 \

@@ -2,8 +2,8 @@
 
 VmHWM, not ``getrusage(RUSAGE_SELF).ru_maxrss``: on Linux a process's ru_maxrss carries over
 the high-water mark of the image it exec'd from, so a search started by a benchmark whose
-parent already holds a model reports the parent's peak whenever that is larger (a child of a
-parent holding 1.5 GB reports 1.5 GB while its own VmHWM is 11 MB). VmHWM belongs to the
+parent already holds a model reports the parent's peak whenever that is larger (a small child of a
+parent holding 1.5 GB reports 1.5 GB, while its own VmHWM is small). VmHWM belongs to the
 address space, which exec replaces.
 """
 from __future__ import annotations

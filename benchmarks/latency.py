@@ -7,7 +7,7 @@ then the mask is exported with dpopt, reloaded with plain ``from_pretrained`` an
 again with :func:`dpopt.latency.measure_checkpoint` on the same workload. Printed per mask:
 both values in ms per token (prefill+decode workload), their ratio, each one's noise
 ((max - min) / median over the repeats), prefill and decode parts, and the wall seconds one
-measurement took. The issue asks the ratio to stay within 10% of 1.
+measurement took. The search's latency is only worth optimising if that ratio stays near 1.
 
     PYTHONPATH=. nice -n 10 python benchmarks/latency.py                 # ~40 s on one core
     PYTHONPATH=. nice -n 10 python benchmarks/latency.py --threads 2 --clock wall

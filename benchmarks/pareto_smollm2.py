@@ -5,10 +5,10 @@ the dense model on calibration tokens and the latency cost (:mod:`dpopt.costs.la
 token of a prefill + cached decode workload, measured on the pruned model without copying
 weights). Then every point of the front is exported with ``dpopt export``, reloaded with
 plain ``transformers`` and timed again on the same workload; the ratio of the two is
-printed per point (the issue asks for agreement within 10%). The re-check makes
+printed per point: a front is only as good as its latencies hold after export. The re-check makes
 ``--passes`` round-robin passes over the points and keeps each point's fastest, as the
 cost keeps the fastest of its runs: a neighbour that loads the machine during one point's
-re-check (this is a shared 2-core machine) then does not decide that point's number.
+re-check (on a shared machine) then does not decide that point's number.
 Rerunning the command resumes the search from its study, so only the re-check runs again.
 
     python benchmarks/pareto_smollm2.py --report benchmarks/reports/smollm2-pareto

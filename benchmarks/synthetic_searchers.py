@@ -1,7 +1,8 @@
 """Searcher variants on synthetic landscapes with a known optimum (tests/landscapes.py), in seconds.
 
-How the genetic defaults were chosen: every variant runs on landscapes ``trap`` (greedy's
-trap, 20 blocks, K=5), ``rugged`` (log-perplexity-like, K=6) and ``additive`` (K=5), seeds
+For choosing the genetic searcher's defaults: every variant runs on landscapes ``trap`` (greedy's
+trap, 20 blocks, K=5), ``rugged`` (log-perplexity-like, K=6), ``additive`` (K=5) and ``run``
+(K=6: a run of neighbouring blocks, each costly alone, cheap together), seeds
 100.. (the tests use other seeds), at one evaluation budget. The evaluator has 8 batches
 (fidelities 1..8); ``noise`` adds N(0, noise^2 / fidelity) to a score, and ``cost`` counts
 batches scored, so racing's saving shows. Printed per variant and landscape: the median gap

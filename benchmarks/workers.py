@@ -18,8 +18,7 @@ The storage is a throwaway PostgreSQL server (tests/services.py, Debian's packag
 can start, else a journal file; ``--storage URL`` picks one.
 
 Set ``OMP_NUM_THREADS=1`` on a shared or small machine: an oversubscribed OpenMP pool spins,
-and a 2-thread process then runs several times slower than a 1-thread one (measured here:
-direct scoring 4.2 s with the default 2 threads, 1.0 s with 1). ``--workers N`` on CPU
+and a 2-thread process then runs several times slower than a 1-thread one. ``--workers N`` on CPU
 already gives each worker ``cpu_count // N`` threads.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/workers.py

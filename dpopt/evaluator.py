@@ -311,7 +311,7 @@ class Evaluator(MemoEvaluator):
         (``rows_additive``) gets the logits a few sequences at a time, and one whose partials
         also add over positions (``positions_additive``) a few positions at a time: pieces
         of at most the memory budget. The partials are added with ``+``.
-        No isfinite scan of the logits here (it cost as much as the score itself): a NaN or
+        No isfinite scan of the logits here (it would cost as much as the score itself): a NaN or
         Inf reaches the objective's statistics and makes ``finish`` non-finite, which the
         memo layer records as the worst fitness with its reason.
         """
@@ -323,8 +323,8 @@ class Evaluator(MemoEvaluator):
         if self._token_bytes is None:  # float32 logits of one position: what a piece is sized by
             self._token_bytes = 4 * self.lm.masked.head(hidden[:1, :1]).numel()
         # positions per piece: as many as the budget holds (the objective chunks its own
-        # log-softmax). Not fewer: each piece reads the whole head matrix again, so pieces of
-        # a few dozen positions made SmolLM2's EvoPress run ~8% slower for no lower peak
+        # log-softmax). Not fewer: each piece reads the whole head matrix again, so smaller
+        # pieces cost time without lowering the peak
         piece = max(1, self.memory_bytes // self._token_bytes)
         rows = max(1, piece // t)
         step = t if rows > 1 or not by_pos else min(t, piece)

