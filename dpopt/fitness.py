@@ -93,8 +93,9 @@ class MemoEvaluator:
         try:
             raws = [float(r) for r in self._score(todo, fid)]
         except BaseException:
-            if self.record is not None:
-                self.record.release(todo, fid)  # back to the queue: a rerun or another worker scores them
+            if self.record is not None:  # back to the queue: a rerun or another worker scores them; a
+                with contextlib.suppress(Exception):  # failing storage must not hide why scoring stopped
+                    self.record.release(todo, fid)
             raise
         self.n_scored += len(todo)
         for m, r in zip(todo, raws):

@@ -176,8 +176,8 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, record=None,
     except KeyboardInterrupt:  # keep what was found; the caller reports it and exits
         interrupted = True
     if best_mask is None:
-        if interrupted:
-            raise KeyboardInterrupt
+        if interrupted:  # no answer, so no result.json: the caller exits 130; what was scored stays recorded
+            raise KeyboardInterrupt(f"interrupted before {searcher.name} scored a mask with {_space(constraint)}")
         if valid_told:
             reasons = sorted(set(evaluator.failures.values()))
             raise UserError(f"every one of the {valid_told} masks with {_space(constraint)} failed to score "

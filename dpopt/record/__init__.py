@@ -12,7 +12,7 @@
   study recorded under another fingerprint is refused, naming the settings that differ.
   So a resumed memo never holds a value measured under other settings.
 * **Claims, not a set read once.** Before scoring, a process claims each (mask, fidelity)
-  under a storage-wide lock: a trial that does not exist yet is created RUNNING and owned by
+  under the study's lock: a trial that does not exist yet is created RUNNING and owned by
   this process; a WAITING one (queued, or released by an interrupted run) is taken; a
   RUNNING one whose owner is alive is waited for; one whose owner died (same host and its
   pid is gone, or no heartbeat for ``DPOPT_LEASE_SECONDS``) is adopted. Two processes on one
@@ -24,8 +24,10 @@
   duplicate row), so another worker scores it; the study carries the ``recipe`` a worker
   rebuilds the evaluator from, and its fingerprint decides whether the worker may.
 
-SQLite (the default) serialises writers with a lock file beside the database; for many
-processes or machines give a PostgreSQL URL (an advisory lock) or ``journal:FILE``.
+Writers serialise on a lease (:mod:`dpopt.record.lease`): a lock file beside a SQLite
+database or a journal, a row of ``dpopt_locks`` on PostgreSQL. A process frozen while it
+holds it delays the others by one lease at most. For many processes or machines give a
+PostgreSQL URL or ``journal:FILE``.
 """
 from .fingerprint import Fingerprint
 from .storage import DEFAULT_STORAGE, check_storage_writable, open_storage, storage_kind

@@ -1,17 +1,9 @@
-"""Storage URLs, opening Optuna storages, and the one lock a study's writers take.
-
-SQLite (the default) serialises writers with a lock file beside the database; for many
-processes or machines give a PostgreSQL URL (an advisory lock) or ``journal:FILE``.
-"""
+"""Storage URLs and opening Optuna storages (the lock a study's writers take: :mod:`.lease`)."""
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
-import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import UserError
 
@@ -84,64 +76,24 @@ def one_line(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:300]
 
 
-class _FileLock:
-    """An exclusive ``flock`` on a file beside the database: one writer across processes."""
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """What a failing storage raises (disk full, server gone, file vanished): reported as one line."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
 
-    def __init__(self, path: str):
-        self.path = path
-
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
-        import fcntl
-
-        with open(self.path, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    return OSError, SQLAlchemyError, optuna.exceptions.StorageInternalError
 
 
-class _AdvisoryLock:
-    """PostgreSQL's advisory lock (MySQL's GET_LOCK): one writer across machines."""
-
-    def __init__(self, storage, name: str, kind: str):
-        self.engine = storage.engine
-        self.key = int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big", signed=True)
-        self.name, self.kind = name[:60], kind
-
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
-        from sqlalchemy import text
-
-        with self.engine.connect() as conn:
-            if self.kind == "postgresql":
-                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
-            else:
-                conn.execute(text("SELECT GET_LOCK(:n, 600)"), {"n": self.name})
-            try:
-                yield
-            finally:
-                if self.kind == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
-                else:
-                    conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": self.name})
-                conn.commit()
+def root_cause(exc: BaseException) -> str:
+    """Optuna wraps the driver's error ("database or disk is full") in a generic one; name the driver's."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    return one_line(exc)
 
 
-def make_lock(url: str, storage, study_name: str):
-    kind = storage_kind(url)
-    if kind == "journal":
-        return _FileLock(str(Path(url[len("journal:"):]).expanduser()) + ".dpopt-lock")
-    if kind == "sqlite" and _sqlite_path(url):
-        return _FileLock(str(Path(_sqlite_path(url)).expanduser()) + ".dpopt-lock")
-    if kind in ("postgresql", "mysql"):
-        return _AdvisoryLock(storage, f"dpopt:{study_name}", kind)
-    lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def local() -> Iterator[None]:  # in-memory SQLite and other engines: one process only
-        with lock:
-            yield
-
-    return local
+def require_existing(url: str) -> None:
+    """Refuse a SQLite or journal storage whose file does not exist, without creating it
+    (``dpopt worker``, ``dpopt dashboard``: they read a study, they never start one)."""
+    path = url[len("journal:"):] if url.startswith("journal:") else _sqlite_path(url)
+    if path is not None and not Path(path).expanduser().is_file():
+        raise UserError(f"no study storage at {url}: {path} does not exist")

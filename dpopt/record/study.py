@@ -18,17 +18,12 @@ from ..errors import UserError
 from ..genome import LayerMask
 from .fingerprint import Fingerprint
 from .liveness import HB_PREFIX, Heartbeat, lease_seconds, new_owner, pid_alive
-from .storage import make_lock, one_line, open_storage
+from .lease import LeaseLost, make_lock
+from .queue import QueueMixin, trial_id
+from .storage import one_line, open_storage, root_cause, storage_errors
 
 POLL_SECONDS = 0.5
 QUEUE_POLL_SECONDS = 0.1
-
-
-def trial_id(trial) -> int:
-    """A FrozenTrial's storage id. Optuna keeps it private (``_trial_id``) yet its storage API
-    addresses trials by it; the public detour (``get_trial_id_from_study_id_trial_number``)
-    costs a query per trial inside the claim lock, so this is the one place that reads it."""
-    return trial._trial_id
 
 
 def param_name(unit: str) -> str:
@@ -45,7 +40,7 @@ class RunInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class StudyRecord:
+class StudyRecord(QueueMixin):
     """One study as the shared, resumable record of every evaluation (see the module docstring)."""
 
     def __init__(self, storage: str, study_name: str, fingerprint: Fingerprint, metric: str, direction: str,
@@ -82,6 +77,12 @@ class StudyRecord:
 
     # --- opening ---------------------------------------------------------------------------
     def _open_study(self, create: bool):
+        """Under the lock, so two processes opening one new study with other settings at the same
+        instant cannot both proceed: the second sees the first's fingerprint and is refused."""
+        with self._storage_errors():
+            return self._locked(self._open_study_locked, create)
+
+    def _open_study_locked(self, create: bool):
         import optuna
 
         try:
@@ -117,6 +118,26 @@ class StudyRecord:
                                                         started=datetime.now().isoformat(timespec="seconds"),
                                                         **self.run.extra))
         return study
+
+    def _locked(self, fn, *args):
+        """``fn(*args)`` under the study lock; from the start again if this process was stalled past
+        the lock's lease and lost it (see :mod:`.lease`)."""
+        for _ in range(3):
+            try:
+                with self._lock():
+                    return fn(*args)
+            except LeaseLost:
+                continue
+        raise UserError(f"lost the lock on study {self.study_name!r} three times in a row: is this process "
+                        "being stopped or starved?")
+
+    @contextlib.contextmanager
+    def _storage_errors(self):
+        """A storage that fails (disk full, server gone) is one line, not a traceback from inside Optuna."""
+        try:
+            yield
+        except storage_errors() as exc:
+            raise UserError(f"storage {self.url} failed: {root_cause(exc)}") from None
 
     @property
     def metrics(self) -> list[str]:
@@ -178,19 +199,29 @@ class StudyRecord:
 
     def _attrs(self, mask: LayerMask, fidelity, computed: bool) -> dict:
         removed = [self.unit_names[i] for i in mask.removed()]
-        return dict(removed=removed, n_removed=len(removed), fidelity=fidelity, computed=computed,
-                    run=self.run.run, algo=self.run.algo, seed=self.run.seed, batch=self.batch)
+        attrs = dict(removed=removed, n_removed=len(removed), fidelity=fidelity, computed=computed,
+                     run=self.run.run, algo=self.run.algo, seed=self.run.seed, batch=self.batch)
+        if self._is_candidate(mask) is not None:
+            attrs["candidate"] = self._is_candidate(mask)
+        return attrs
 
-    def _done_state(self, mask: LayerMask):
+    def _is_candidate(self, mask: LayerMask) -> bool | None:
+        """Whether the run's constraint makes ``mask`` an answer; None for a record with no rule (a worker's)."""
+        if self.candidate is not None:
+            return bool(self.candidate(mask))
+        if self.candidate_size is not None:
+            return len(mask.removed()) == self.candidate_size
+        return None
+
+    def _done_state(self, mask: LayerMask, flag: bool | None = None):
         """COMPLETE for a candidate answer; PRUNED (value kept) for the dense reference and for
-        greedy's steps with fewer units removed, so the study's best trial is a real answer."""
+        greedy's steps with fewer units removed, so the study's best trial is a real answer.
+        ``flag``: the trial's "candidate" attr, set by the run that asked for it; a worker, which
+        knows no constraint, completes by it."""
         from optuna.trial import TrialState
 
-        if self.candidate is not None:
-            return TrialState.COMPLETE if self.candidate(mask) else TrialState.PRUNED
-        if self.candidate_size is None or len(mask.removed()) == self.candidate_size:
-            return TrialState.COMPLETE
-        return TrialState.PRUNED
+        candidate = flag if flag is not None else self._is_candidate(mask)
+        return TrialState.PRUNED if candidate is False else TrialState.COMPLETE
 
     def _params(self, mask: LayerMask) -> dict[str, int]:
         return {p: int(b) for p, b in zip(self.params, mask.bits)}
@@ -231,6 +262,13 @@ class StudyRecord:
         Every mask gets a trial in this study: a memo hit not recorded here yet is copied in
         (``computed: false``), a miss is created RUNNING and owned by this process.
         """
+        with self._storage_errors():
+            todo, waiting = self._locked(self._claim, masks, fidelity, memo, failures)
+            if self._mine:
+                self.heartbeat.start()
+        return todo, waiting
+
+    def _claim(self, masks: Sequence[LayerMask], fidelity, memo: dict, failures: dict) -> tuple[list, list]:
         from optuna.trial import TrialState
 
         todo, waiting = [], []
@@ -242,50 +280,51 @@ class StudyRecord:
                 beats = self.storage.get_study_system_attrs(self.study_id)
             return self._stale(trial, beats)
 
-        with self._lock():
-            self._sync()
-            for m in masks:
-                k = (m.key(), fidelity)
-                t = self._by_key.get(k)
-                if t is None:
-                    if k in memo:
-                        raw = memo[k]
-                        if math.isfinite(raw):
-                            self._new_trial(m, fidelity, self._done_state(m), raw, computed=False)
-                        else:
-                            self._new_trial(m, fidelity, TrialState.FAIL, reason=failures.get(m.key(), "non-finite value"),
-                                            computed=False)
-                        continue
-                    if self.queue:
-                        self._new_trial(m, fidelity, TrialState.WAITING)
-                        waiting.append(m)
-                        continue
-                    self._mine[k] = self._new_trial(m, fidelity, TrialState.RUNNING)
-                    todo.append(m)
-                elif t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-                    memo[k] = float(t.values[0])
-                elif t.state == TrialState.FAIL:
-                    memo[k] = float("nan")
-                    failures.setdefault(m.key(), t.user_attrs.get("failure", "failed"))
-                elif k in memo:
-                    continue  # someone else is scoring it, but we already know the value
-                elif self.queue:
-                    if t.state == TrialState.RUNNING and stale(t):  # its worker died: back to the queue
-                        self.storage.set_trial_state_values(trial_id(t), TrialState.WAITING)
-                    waiting.append(m)
-                elif t.state == TrialState.WAITING:
-                    if self.storage.set_trial_state_values(trial_id(t), TrialState.RUNNING):
-                        self._take(t, k)
-                        todo.append(m)
+        self._sync()
+        for m in masks:
+            self._lock.guard()
+            k = (m.key(), fidelity)
+            t = self._by_key.get(k)
+            if t is None:
+                if k in memo:
+                    raw = memo[k]
+                    if math.isfinite(raw):
+                        self._new_trial(m, fidelity, self._done_state(m), raw, computed=False)
                     else:
-                        waiting.append(m)
-                elif stale(t):
+                        self._new_trial(m, fidelity, TrialState.FAIL, reason=failures.get(m.key(), "non-finite value"),
+                                        computed=False)
+                    continue
+                if self.queue:
+                    self._new_trial(m, fidelity, TrialState.WAITING)
+                    waiting.append(m)
+                    continue
+                self._mine[k] = self._new_trial(m, fidelity, TrialState.RUNNING)
+                todo.append(m)
+            elif t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                memo[k] = float(t.values[0])
+            elif t.state == TrialState.FAIL:
+                memo[k] = float("nan")
+                failures.setdefault(m.key(), t.user_attrs.get("failure", "failed"))
+            elif k in memo:
+                continue  # someone else is scoring it, but we already know the value
+            elif self.queue:
+                if t.state == TrialState.RUNNING and stale(t):  # its worker died: back to the queue
+                    self.storage.set_trial_state_values(trial_id(t), TrialState.WAITING)
+                waiting.append(m)
+            elif t.state == TrialState.RUNNING and t.system_attrs.get("dpopt:owner") == self.owner:
+                self._mine[k] = trial_id(t)  # created by an attempt of this claim that lost the lock
+                todo.append(m)
+            elif t.state == TrialState.WAITING:
+                if self.storage.set_trial_state_values(trial_id(t), TrialState.RUNNING):
                     self._take(t, k)
                     todo.append(m)
                 else:
                     waiting.append(m)
-        if self._mine:
-            self.heartbeat.start()
+            elif stale(t):
+                self._take(t, k)
+                todo.append(m)
+            else:
+                waiting.append(m)
         return todo, waiting
 
     def _take(self, trial, k) -> None:
@@ -296,36 +335,56 @@ class StudyRecord:
 
     def complete(self, masks: Sequence[LayerMask], fidelity, raws: Sequence[float], failures: dict,
                  seconds: float) -> None:
-        """Finish this process's trials: COMPLETE with the raw value, or FAIL with the reason."""
-        from optuna.trial import TrialState
-
+        """Finish this process's trials: COMPLETE (or PRUNED) with the raw value, or FAIL with the reason."""
         share = seconds / max(len(masks), 1)
-        with self._lock():  # under the lock: an adoption and a completion never cross
-            for m, raw in zip(masks, raws):
-                tid = self._mine.pop((m.key(), fidelity), None)
-                if tid is None or not self._still_mine(tid):
-                    continue  # adopted by another process that took us for dead: its value stands
-                self.storage.set_trial_user_attr(tid, "seconds", round(share, 6))
-                if math.isfinite(raw):
-                    self.storage.set_trial_state_values(tid, self._done_state(m), self._values(m, raw))
-                else:
-                    self.storage.set_trial_user_attr(tid, "failure", failures.get(m.key(), f"non-finite value ({raw})"))
-                    self.storage.set_trial_state_values(tid, TrialState.FAIL)
+        with self._storage_errors():  # under the lock: an adoption and a completion never cross
+            self._locked(self._complete, masks, fidelity, raws, failures, share)
 
-    def _still_mine(self, trial_id: int) -> bool:
-        t = self.storage.get_trial(trial_id)
-        return not t.state.is_finished() and t.system_attrs.get("dpopt:owner") == self.owner
-
-    def release(self, masks: Sequence[LayerMask], fidelity) -> None:
-        """Give unscored claims back to the queue (WAITING), e.g. when scoring was interrupted."""
+    def _complete(self, masks: Sequence[LayerMask], fidelity, raws: Sequence[float], failures: dict,
+                  share: float) -> None:
         from optuna.trial import TrialState
 
-        with self._lock():
-            for m in masks:
-                tid = self._mine.pop((m.key(), fidelity), None)
-                if tid is not None and self._still_mine(tid):
-                    with contextlib.suppress(Exception):
-                        self.storage.set_trial_state_values(tid, TrialState.WAITING)
+        for m, raw in zip(masks, raws):
+            k = (m.key(), fidelity)
+            tid = self._mine.get(k)
+            if tid is None:
+                continue
+            self._lock.guard()
+            t = self.storage.get_trial(tid)
+            if t.state.is_finished() or t.system_attrs.get("dpopt:owner") != self.owner:
+                self._mine.pop(k)
+                continue  # adopted by another process that took us for dead: its value stands
+            self.storage.set_trial_user_attr(tid, "seconds", round(share, 6))
+            if math.isfinite(raw):
+                state = self._done_state(m, t.user_attrs.get("candidate"))
+                self.storage.set_trial_state_values(tid, state, self._values(m, raw))
+            else:
+                self.storage.set_trial_user_attr(tid, "failure", failures.get(m.key(), f"non-finite value ({raw})"))
+                self.storage.set_trial_state_values(tid, TrialState.FAIL)
+            self._mine.pop(k)
+
+    def release(self, masks: Sequence[LayerMask] | None = None, fidelity=None) -> None:
+        """Give unscored claims back to the queue (WAITING), e.g. when scoring was interrupted;
+        ``masks=None``: every trial this process holds RUNNING, noted in ``_mine`` or not (an
+        interrupt can land between creating a claim and noting it)."""
+        with self._storage_errors():
+            self._locked(self._release, masks, fidelity)
+
+    def _release(self, masks: Sequence[LayerMask] | None, fidelity) -> None:
+        from optuna.trial import TrialState
+
+        if masks is None:
+            self._mine.clear()
+            held = [trial_id(t) for t in self.storage.get_all_trials(self.study_id, deepcopy=False,
+                                                                       states=(TrialState.RUNNING,))
+                    if t.system_attrs.get("dpopt:owner") == self.owner]
+        else:
+            held = [tid for tid in (self._mine.pop((m.key(), fidelity), None) for m in masks) if tid is not None]
+        for tid in held:
+            self._lock.guard()
+            t = self.storage.get_trial(tid)
+            if not t.state.is_finished() and t.system_attrs.get("dpopt:owner") == self.owner:
+                self.storage.set_trial_state_values(tid, TrialState.WAITING)
 
     def wait(self, masks: Sequence[LayerMask], fidelity, memo: dict, failures: dict) -> list[LayerMask]:
         """Block until others finish ``masks``; return the ones this process must score after all
@@ -346,58 +405,12 @@ class StudyRecord:
 
     # --- liveness ------------------------------------------------------------------------------
     def close(self) -> None:
-        self.heartbeat.stop()
-
-    # --- the queue (dpopt worker) ------------------------------------------------------------------
-    def live_workers(self) -> list[str]:
-        """Owners other than this process whose heartbeat is inside the lease."""
-        now, lease = time.time(), lease_seconds()
-        attrs = self.storage.get_study_system_attrs(self.study_id)
-        return [k[len(HB_PREFIX):] for k, v in attrs.items()
-                if k.startswith(HB_PREFIX) and k[len(HB_PREFIX):] != self.owner and now - float(v) <= lease]
-
-    def check_workers(self) -> None:
-        """Queue mode: never wait forever. The monitor (spawned workers) decides first; without
-        one, no worker heartbeat for the whole lease while masks wait is a UserError."""
-        if self.monitor is not None:
-            self.monitor()
-            return
-        now = time.time()
-        if self.live_workers():
-            self._last_worker_seen = now
-            return
-        seen = self._last_worker_seen
-        if seen is None:
-            self._last_worker_seen = seen = now
-        if now - seen > lease_seconds():
-            raise UserError(f"no dpopt worker has been alive on study {self.study_name!r} for {lease_seconds():g} s "
-                            f"(DPOPT_LEASE_SECONDS) and masks are waiting; start one with: dpopt worker --storage "
-                            f"{self.url} --study {self.study_name} (the queued masks stay in the study)")
-
-    def take(self, limit: int) -> dict[Any, list[LayerMask]]:
-        """A worker takes up to ``limit`` WAITING trials (atomically: each goes to one worker),
-        grouped by fidelity; its share is the queue split over the live workers, so a
-        generation spreads over all of them and each still scores several at once."""
-        from optuna.trial import TrialState
-
-        taken: dict[Any, list[LayerMask]] = {}
-        with self._lock():
-            waiting = self.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.WAITING,))
-            if not waiting:
-                return taken
-            share = max(1, math.ceil(len(waiting) / (len(self.live_workers()) + 1)))
-            for t in sorted(waiting, key=lambda t: t.number)[: min(limit, share)]:
-                mask = self.mask_of(t.params)
-                if mask is None or not self.storage.set_trial_state_values(trial_id(t), TrialState.RUNNING):
-                    continue
-                fid = t.user_attrs.get("fidelity")
-                # the owner last: a worker killed between these writes leaves a trial without an
-                # owner (stale at once, so re-queued) or owned by the last of its "workers", never
-                # owned by a worker its record does not name
-                self.storage.set_trial_user_attr(trial_id(t), "workers", list(t.user_attrs.get("workers", [])) + [self.owner])
-                self.storage.set_trial_system_attr(trial_id(t), "dpopt:owner", self.owner)
-                self._mine[(mask.key(), fid)] = trial_id(t)
-                taken.setdefault(fid, []).append(mask)
-        if taken:
-            self.heartbeat.start()
-        return taken
+        """Stop beating; every claim still held (a run interrupted anywhere: scoring, claiming,
+        completing) goes back to the queue as WAITING. Best effort: a storage that cannot be
+        written leaves them RUNNING under an owner that is about to be gone, which the next run
+        on this host adopts at once."""
+        try:
+            with contextlib.suppress(Exception):
+                self.release()
+        finally:
+            self.heartbeat.stop()
