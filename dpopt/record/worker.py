@@ -24,10 +24,12 @@ from pathlib import Path
 
 from ..errors import UserError
 from .liveness import Heartbeat, new_owner
-from .storage import one_line, open_storage
+from .storage import one_line, open_storage, require_existing
 from .study import QUEUE_POLL_SECONDS, RunInfo, StudyRecord
 
 DEFAULT_TAKE = 64
+PARENT_ENV = "DPOPT_WORKER_PARENT"  # set by --workers: the search's pid, which this worker must not outlive
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -43,6 +45,7 @@ def study_recipe(storage: str, study: str) -> tuple[dict, dict]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    require_existing(storage)  # a worker reads a study: it never creates an empty database or journal
     st = open_storage(storage)
     try:
         study_id = st.get_study_id_from_name(study)
@@ -86,6 +89,7 @@ def run_worker(storage: str, study: str, device: str = "auto", take: int = DEFAU
     """
     if take < 1:
         raise UserError(f"--take must be at least 1, got {take}")
+    parent = _die_with_parent()
     attrs, recipe = study_recipe(storage, study)
     owner = new_owner()
     st = open_storage(storage)
@@ -96,19 +100,37 @@ def run_worker(storage: str, study: str, device: str = "auto", take: int = DEFAU
         record = StudyRecord(storage, study, ev.fingerprint, ev.objective.name, ev.direction, attrs.get("units", []),
                              RunInfo(algo="worker", extra=dict(device=str(lm.masked.device))), create=False,
                              owner=owner)
-        return _serve(record, ev, lm, take, idle_exit, log)
+        return _serve(record, ev, lm, take, idle_exit, log, parent)
     finally:
         life.stop(retire=True)  # gone on purpose: nobody should count on this worker
 
 
-def _serve(record: StudyRecord, ev, lm, take: int, idle_exit: float | None, log) -> WorkerStats:
+def _die_with_parent() -> int | None:
+    """A ``--workers`` child: SIGTERM when the search that spawned it dies (Linux's
+    PR_SET_PDEATHSIG; the SIGTERM handler releases the claims in hand), and the parent's pid,
+    which the serving loop also polls (other systems, and a parent that died before prctl)."""
+    parent = os.environ.pop(PARENT_ENV, "")
+    if not parent.isdigit():
+        return None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != int(parent):
+        raise UserError(f"the search that started this worker (pid {parent}) is gone")
+    return int(parent)
+
+
+def _serve(record: StudyRecord, ev, lm, take: int, idle_exit: float | None, log,
+           parent: int | None = None) -> WorkerStats:
     owner, study = record.owner, record.study_name
     stats = WorkerStats(owner)
     log(f"worker {owner} ready on {lm.masked.device}: study {study!r}", flush=True)
     idle_since = time.monotonic()
     try:
         with ev.recording(record):
-            while True:
+            while parent is None or os.getppid() == parent:  # orphaned: the search is gone, so stop
                 taken = record.take(take)
                 if not taken:
                     if idle_exit is not None and time.monotonic() - idle_since > idle_exit:
@@ -147,6 +169,7 @@ class LocalWorkers:
         self.logs = [tempfile.NamedTemporaryFile("w+", prefix=f"dpopt-worker{i}-", suffix=".log", delete=False)
                      for i in range(n)]
         env = dict(os.environ)
+        env[PARENT_ENV] = str(os.getpid())
         root = str(Path(__file__).resolve().parents[1])  # the same dpopt as this search
         env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         devices = _spread(device, n)
