@@ -5,11 +5,14 @@ objective's direction beside them; nothing here is signed for minimising.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .errors import UserError
 
 
 @dataclass
@@ -67,7 +70,24 @@ class SearchResult:
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:
+    """Write beside the target, flush it to disk, then rename over it: never half a file.
+
+    The rename replaces whatever the name points at, so a target that exists and is not a
+    regular file (``/dev/full``, a pipe, a folder) is refused rather than replaced; a write
+    that fails (a full disk, caught at flush or fsync, before the rename) removes the
+    temporary file. Either is one line (UserError)."""
     p = Path(path).expanduser()
+    p = p.resolve() if p.is_symlink() else p  # write the file a link names, keep the link
+    if p.exists() and not p.is_file():
+        raise UserError(f"{path} is not a regular file: give a file path to write the JSON to")
     tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, p)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps(data, indent=2) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
