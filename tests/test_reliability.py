@@ -214,28 +214,32 @@ def test_ctrl_c_while_claiming_or_completing_puts_the_claims_back(where, tmp_pat
     assert got == (["WAITING"] * 3 if where == "claim" else ["COMPLETE"] * 2 + ["WAITING"] * 3)
 
 
-def _states_or_none(url: str, study: str) -> list[str]:
+def _claiming(url: str, study: str, poller: dict) -> bool:
+    """The first batch is being claimed: RUNNING trials beside the dense model's (one storage, polled fast)."""
     try:
-        return states(url, study)
+        st = poller.setdefault("storage", open_storage(url))
+        ts = st.get_all_trials(st.get_study_id_from_name(study), deepcopy=False)
     except Exception:  # not created yet
-        return []
+        poller.clear()
+        return False
+    return len(ts) > 3 and any(t.state.name == "RUNNING" for t in ts)
 
 
 def test_sigint_during_the_first_batch_exits_130_and_leaves_nothing_running(ck, tmp_path):
     """No answer yet, so no result.json (it would hold no mask): exit 130 with one line, every
-    claim back to WAITING for the rerun that resumes. The one batch is 64 masks of a tiny model
-    on 256 tokens, so the interrupt mostly lands while the record writes the claims or the
-    values, not while the model runs."""
+    claim back to WAITING for the rerun that resumes. The interrupt lands while the first batch's
+    claims are written (with a tiny model, most of a batch's time)."""
     data = tmp_path / "calib.txt"
     data.write_text("\n\n".join(f"Paragraph {i}: the quick brown fox {i} jumps over {i * 7} dogs." for i in range(600)))
     url = f"sqlite:///{tmp_path}/c.db"
     search = subprocess.Popen(
         [sys.executable, "-m", "dpopt.cli", "search", "--model", ck, "--data", data, "--algo", "random", "--remove",
-         "3", "--budget", "64", "--option", "batch_size=64", "--tokens", "256", "--seq-len", "64", "--no-progress",
+         "3", "--budget", "64", "--option", "batch_size=64", "--tokens", "64", "--seq-len", "32", "--no-progress",
          "--storage", url, "--study", "c", "--output", tmp_path / "r.json"],
         env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: "RUNNING" in _states_or_none(url, "c"), timeout=180, interval=0.05, what="a claim")
+        poller: dict = {}
+        wait_for(lambda: _claiming(url, "c", poller), timeout=180, interval=0.01, what="the first batch's claims")
         search.send_signal(signal.SIGINT)
         _, err = search.communicate(timeout=120)
     finally:
