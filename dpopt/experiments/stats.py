@@ -3,8 +3,8 @@
 Nothing here knows about models, studies or files: a :class:`Run` is what one (searcher,
 seed) left behind, and every function maps runs to numbers. ``report.py`` draws and writes
 them; the tests check them against values computed by hand. Raw objective values are kept
-as they are (perplexity, accuracy); :func:`signed` is the one place that turns them into
-"lower is better" for comparisons. Failed runs are shown in tables but left out of every
+as they are (perplexity, accuracy); :func:`signed` turns them into "lower is better" for
+comparisons through :func:`dpopt.fitness.to_minimize`. Failed runs are shown in tables but left out of every
 statistic.
 """
 from __future__ import annotations
@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from ..fitness import to_minimize
 
 
 def _scipy_stats():
@@ -86,9 +88,9 @@ class Experiment:
 
 
 def signed(values, direction: str) -> np.ndarray:
-    """Raw values as "lower is better": the one place a direction is applied."""
+    """Raw values as "lower is better" (:func:`dpopt.fitness.to_minimize`)."""
     v = np.asarray(values, dtype=float)
-    return v if direction == "minimize" else -v
+    return to_minimize(v, direction)
 
 
 def best_reference(exp: Experiment) -> Reference | None:

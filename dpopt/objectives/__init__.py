@@ -39,6 +39,25 @@ def uses_tasks(spec: str) -> tuple[bool, bool]:
     return "text" in kinds, "mc" in kinds
 
 
+def check_objective_spec(spec: str, options: dict | None = None) -> None:
+    """Refuse a malformed ``--objective`` before any model loads (names, weights, user classes)."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise UserError("--objective is empty")
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if len(parts) > 1 or (":" in spec and _is_weight(spec.rpartition(":")[2])):
+        for part in parts:
+            name, _, weight = part.rpartition(":")
+            if not name or not _is_weight(weight):
+                raise UserError(f"composite objective part {part!r} must be NAME:WEIGHT, e.g. ppl:0.5")
+            if not float(weight) > 0 or float(weight) == float("inf"):
+                raise UserError(f"composite objective weight in {part!r} must be a positive number "
+                                "(each term is already oriented so that lower is better)")
+            OBJECTIVES.get(name)
+        return
+    OBJECTIVES.get(spec)
+
+
 def build_objective(spec: str, data: str | None = None, tasks: str | None = None, split: str = "calib",
                     seed: int = 0, **options):
     """Return ``(objective, data)`` ready for ``prepare``; ``options`` go to the constructors."""

@@ -69,7 +69,9 @@ class Budget:
 
 
 @dataclass
-class SearchResult:
+class SearchOutcome:
+    """What the loop hands back: the best mask with its SIGNED fitness (see :mod:`dpopt.fitness`)."""
+
     best: LayerMask
     fitness: float  # signed, minimised
     evaluations: int
@@ -79,7 +81,7 @@ class SearchResult:
 
 
 def run_search(searcher: Searcher, evaluator, budget: Budget, record=None,
-               progress: Callable[[int, float], None] | None = None) -> SearchResult:
+               progress: Callable[[int, float], None] | None = None) -> SearchOutcome:
     """Ask a batch, evaluate it in one call, tell — until the searcher or budget is done.
 
     The budget counts distinct masks asked (memo hits count too: a searcher's budget is what
@@ -195,7 +197,7 @@ def run_search(searcher: Searcher, evaluator, budget: Budget, record=None,
 
         extra["evaluated"] = list(scored.values())
         extra["front"] = front_points(extra["evaluated"])
-    return SearchResult(best_mask, best_fit, len(seen), time.perf_counter() - start, history, extra=extra)
+    return SearchOutcome(best_mask, best_fit, len(seen), time.perf_counter() - start, history, extra=extra)
 
 
 def _space(constraint) -> str:
