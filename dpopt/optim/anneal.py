@@ -69,9 +69,7 @@ class AnnealSearch(SearcherBase):
                     return m
         return random_unseen(self.constraint, self.rng, self._asked, taken)
 
-    def ask(self) -> list[LayerMask]:
-        if self._done:
-            return []
+    def _ask(self) -> list[LayerMask]:
         batch: list[LayerMask] = []
         taken: set[bytes] = set()
         while len(batch) < self.batch_size and len(self._asked) + len(batch) < self.space:
@@ -88,12 +86,9 @@ class AnnealSearch(SearcherBase):
             self._done = True
         return batch
 
-    def tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
-        fitness = np.asarray(fitness, dtype=float)
+    def _tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
         if not len(masks):
             return
-        improved = float(fitness.min()) < self.best[1]
-        self._record(masks, fitness)
         i = int(np.argmin(fitness))
         if self.current is None:  # the random start batch: begin at its best
             self.current, self.current_fit = masks[i], float(fitness[i])
@@ -108,7 +103,7 @@ class AnnealSearch(SearcherBase):
         if delta <= 0 or (math.isfinite(delta) and self.rng.random() < math.exp(-delta / self.temperature)):
             self.current, self.current_fit = masks[i], float(fitness[i])
         self.temperature *= self.cooling ** len(masks)
-        self._since_best = 0 if improved else self._since_best + 1
+        self._since_best = 0 if self.improved else self._since_best + 1
         if self._since_best >= self.patience and self.best[0] is not None:
             self.current, self.current_fit = self.best
             self.temperature = self.t0 * self.reheat

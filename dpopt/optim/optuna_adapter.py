@@ -52,13 +52,11 @@ class OptunaSearch(BayesSearch):
         except TypeError as exc:  # a required argument (GridSampler's search space...) is missing
             raise UserError(f"{self.name} cannot be built from options: {exc}") from None
         self.sampler_name = self.sampler_cls.__name__
-        self.study = optuna.create_study(direction="minimize", sampler=sampler)
-        self._pending = []
-        self._known = {}
+        self._open_study(sampler)
 
-    def ask(self):
+    def _ask(self):
         try:
-            return super().ask()
+            return super()._ask()
         except ImportError as exc:  # CmaEsSampler imports ``cmaes`` only when it first samples
             raise UserError(f"{self.name} needs a package that is not installed: {exc}") from None
 
