@@ -1,7 +1,7 @@
 """Simulated annealing with EvoPress's swap moves, one Metropolis decision per batch of neighbours.
 
-Why it is built this way (the first version, one decision per neighbour with the
-temperature set from the fitness std of random masks, did worse than random search):
+Why it is built this way rather than as textbook annealing (one decision per neighbour,
+a temperature from the fitness spread of random masks), which wanders like random search:
 - Start from the best of a batch of random masks, not from one random mask: the walk
   then begins where random search would already be after that many evaluations.
 - Each ask is ``batch_size`` neighbours of the current mask (``min(U{1,3}, U{1,3})``
@@ -9,7 +9,7 @@ temperature set from the fitness std of random masks, did worse than random sear
   a whole batch at once and the walk does not drift on the first worse neighbour.
 - The temperature is set from the median |fitness change| of the first neighbours,
   not from the spread of random masks: perplexity of random masks is heavy-tailed, and
-  a temperature on that scale made the walk a random one for most of the budget.
+  a temperature on that scale makes the walk a random one for most of the budget.
 - Cooling is geometric per evaluation; after ``patience`` batches without a new best
   the walk restarts from the best mask, partly reheated.
 """

@@ -4,11 +4,10 @@ Each removable block gets one real score; a mask keeps the ``n - k`` highest
 (``Constraint.from_scores``), the decoding cma and bayes use, so every candidate removes
 exactly ``k`` blocks without a penalty. The discrete (1+1) family (DiscreteLenglerOnePlusOne,
 PortfolioDiscreteOnePlusOne, ...) resamples a few coordinates per mutation; on a score
-vector that moves a block across the keep/remove boundary, which is a swap move. Measured
-on the synthetic objective of the tests (1001 masks, seeds 0-5, budget 300): Lengler,
-Portfolio, NGOpt and DiscreteOnePlusOne found the optimum in 6/6 runs; bounding the scores
-to [-1, 1] changed nothing for the discrete ones (their mutation redraws a coordinate, so
-only ranks matter) and cost NGOpt one run, so the plain unbounded ``ng.p.Array`` stays.
+vector that moves a block across the keep/remove boundary, which is a swap move. The
+scores are a plain unbounded ``ng.p.Array``: the discrete optimizers redraw a coordinate,
+so only ranks matter to them and bounds add nothing, while bounds would narrow the moves
+of the continuous ones (NGOpt's choices among them).
 
 Many score vectors decode to one mask. A candidate whose mask was told before is answered
 at once from what is known (nevergrad still learns from it) and does not enter the batch,

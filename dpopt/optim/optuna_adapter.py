@@ -49,7 +49,7 @@ class OptunaSearch(BayesSearch):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 sampler = self.sampler_cls(**sampler_options)
-        except TypeError as exc:  # a required argument (GridSampler's search space...) is missing
+        except (TypeError, ValueError) as exc:  # a required argument is missing, or a value out of range
             raise UserError(f"{self.name} cannot be built from options: {exc}") from None
         self.sampler_name = self.sampler_cls.__name__
         self._open_study(sampler)

@@ -31,7 +31,7 @@ def removed_matrix(masks: Sequence[LayerMask]) -> np.ndarray:
 class RidgeSurrogate:
     """Per-unit (and, with ``pairs``, per-neighbouring-pair) removal costs, fitted by ridge regression.
 
-    ``fit(masks, values)`` replaces any earlier fit; ``predict(masks)`` is lower for masks
+    ``fit(masks, values)`` replaces the model's previous fit; ``predict(masks)`` is lower for masks
     the fit expects to score better (a rank scale in [0, 1), not the objective's);
     ``unit_costs`` are the per-unit terms of a fit without pairs, whose lowest ``k`` make
     the model's own optimum under a per-unit view.
