@@ -88,16 +88,6 @@ def test_a_fit_replaces_the_previous_one():
     assert np.array_equal(model.unit_costs, fresh.unit_costs)
 
 
-def test_predicting_many_masks_equals_predicting_each():
-    """The screening compares masks predicted one at a time; a batch prediction must agree exactly."""
-    c = Constraint.build(12, remove=3)
-    fn = rugged(12, seed=9)
-    rng = np.random.default_rng(4)
-    masks, probe = distinct_masks(c, 20, rng), distinct_masks(c, 15, rng)
-    model = RidgeSurrogate().fit(masks, [fn(m) for m in masks])
-    assert list(model.predict(probe)) == [model.predict([m])[0] for m in probe]
-
-
 def test_predict_before_fit_is_an_error():
     model = RidgeSurrogate()
     assert not model.fitted
