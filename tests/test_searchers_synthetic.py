@@ -269,6 +269,26 @@ def test_anneal_max_steps_makes_it_done(constraint, objective):
     assert s.done and s.steps >= 40 and result.evaluations <= 48 + 8
 
 
+def test_anneal_restarts_after_patience_batches_without_a_new_best(constraint, objective):
+    """The restart counts batches whose tell did not lower the best (the base's ``improved``)."""
+    fn, _ = objective
+    s = SEARCHERS.get("anneal")(constraint, seed=0, batch_size=4, patience=2)
+    bests, tell = [], s.tell
+
+    def spy(masks, fitness):
+        tell(masks, fitness)
+        bests.append(s.best[1])
+
+    s.tell = spy
+    run_search(s, RecordingEvaluator(fn), Budget(evaluations=120))
+    expected = streak = 0
+    for before, after in zip(bests, bests[1:]):  # the first batch only picks the start
+        streak = 0 if after < before else streak + 1
+        if streak >= 2:
+            expected, streak = expected + 1, 0
+    assert s.restarts == expected > 0
+
+
 def test_cma_restarts_then_done():
     """A restart starts CMA-ES again with a larger population: the batch size shows each run."""
     c = Constraint.build(6, remove=2)  # 15 masks
