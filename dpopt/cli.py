@@ -288,11 +288,13 @@ def cmd_search(a) -> int:
         raise UserError(f"--max-latency must be positive ms per token, got {a.max_latency:g}")
     from .costs import COSTS
     from .genome import parse_params, parse_remove
+    from .objectives import validate_objective_spec
     from .optim import SEARCHERS
 
     from .tracking import DEFAULT_STORAGE, check_storage_writable
 
     parse_remove(a.remove), parse_params(a.max_params)  # a malformed size fails before anything loads
+    validate_objective_spec(a.objective, _objective_options(a))
     factory = SEARCHERS.get(a.algo)  # fail on an unknown --algo before loading anything
     if a.minimize:
         for name in a.minimize.split(","):
@@ -366,9 +368,11 @@ def _next_commands(a, res) -> str:
 
 def cmd_eval(a) -> int:
     from . import api
+    from .objectives import validate_objective_spec
 
-    lm = api.load(a.model, a.device, a.dtype)
     specs = [s.strip() for s in a.objective.split(";") if s.strip()]
+    validate_objective_spec(specs, _objective_options(a))  # before the model loads
+    lm = api.load(a.model, a.device, a.dtype)
     res = api.evaluate_mask(lm, a.remove, specs, data=a.data, tasks=a.tasks, split=a.split, data_seed=a.data_seed,
                             prefix_sharing=not a.no_prefix_sharing, cache_mb=a.cache_mb, memory_mb=a.memory_mb,
                             **_objective_options(a))

@@ -17,6 +17,13 @@ from .genome import LayerMask
 WORST = float("inf")
 
 
+def to_minimize(value: float, direction: str) -> float:
+    """``value`` oriented so that lower is better: ``-value`` for an objective to maximise."""
+    if direction not in ("minimize", "maximize"):
+        raise ValueError(f"direction must be 'minimize' or 'maximize', not {direction!r}")
+    return value if direction == "minimize" else -value
+
+
 class MemoEvaluator:
     """Memo by (mask, fidelity), the sign convention, and the study record around scoring.
 
