@@ -114,11 +114,11 @@ def build_objective(spec: str, data: str | None = None, tasks: str | None = None
 
 def _build_one(name: str, data, tasks, split: str, seed: int, options: dict[str, Any]):
     cls = objective_class(name)
-    takes_ = declared(cls, "OPTIONS")
-    foreign = [k for k in options if k not in takes_ and k not in run_option_names()]
+    accepted = declared(cls, "OPTIONS")
+    foreign = [k for k in options if k not in accepted and k not in run_option_names()]
     if foreign:
-        raise UserError(f"objective {name!r} has no option {foreign[0]!r} ({takes(takes_)})")
-    own = check_options(takes_, {k: v for k, v in options.items() if k in takes_}, name)
+        raise UserError(f"objective {name!r} has no option {foreign[0]!r} ({takes(accepted)})")
+    own = check_options(accepted, {k: v for k, v in options.items() if k in accepted}, name)
     try:
         obj = cls(**own)
     except TypeError as exc:

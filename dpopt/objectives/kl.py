@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from ..spill import spill
-from .options import Option
 from .base import SCORE_CHUNK_BYTES, Batch, TextObjective, position_chunks, register_objective, row_chunks, sum_partials
+from .options import Option
 
 AUTO_TOPK_BYTES = 1 << 31  # above ~2 GB of dense targets, fall back to top-k
 TARGET_CHUNK_BYTES = 1 << 26  # dense logits + log-softmax computed per this much, while preparing
@@ -24,7 +24,6 @@ TARGET_CHUNK_BYTES = 1 << 26  # dense logits + log-softmax computed per this muc
 class KLDivergence(TextObjective):
     name = "kl"
     direction = "minimize"
-
     OPTIONS = {**TextObjective.OPTIONS,
                "topk": Option(int, None, "keep the dense model's top-k log-probs (default: all, or 1024 "
                               "past ~2 GB of targets)", minimum=512, flag="--kl-topk")}
