@@ -81,7 +81,7 @@ def make_evaluator(lm: LoadedModel, objective: str = "ppl", data: str | None = N
                    split: str = "calib", data_seed: int = DEFAULT_DATA_SEED, prefix_sharing: bool = True,
                    cache_mb: float | None = None, memory_mb: float | None = None,
                    units: str | UnitSpace = "block", tie: bool = False, minimize: str | Sequence[str] | None = None,
-                   cost_options: dict | None = None, **options) -> Evaluator:
+                   cost_options: dict | None = None, shared_options: bool = False, **options) -> Evaluator:
     """Build the objective on its data split, prepare it once, and wrap it in the evaluator.
 
     ``units``: ``block`` (one bit per block), ``sublayer`` (attention and MLP of each block;
@@ -92,7 +92,8 @@ def make_evaluator(lm: LoadedModel, objective: str = "ppl", data: str | None = N
     """
     space = units if isinstance(units, UnitSpace) else None
     problem = problem_for(lm, objective, data, tasks, split, data_seed, prefix_sharing, cache_mb, memory_mb,
-                          "block" if space is not None else units, tie, minimize, cost_options, **options)
+                          "block" if space is not None else units, tie, minimize, cost_options,
+                          shared_options=shared_options, **options)
     return problem.build(lm, space)
 
 
@@ -319,7 +320,7 @@ def evaluate_mask(lm: LoadedModel, remove: str | Sequence[int] | None, objective
     rows = {}
     for spec in objectives:
         ev = make_evaluator(lm, spec, data=data, tasks=tasks, split=split, data_seed=data_seed, units=space,
-                            **options)
+                            shared_options=True, **options)
         row = {"pruned": ev.raw(mask), "dense": ev.dense_value(), "direction": ev.direction,
                "details": ev.details(mask), "settings": ev.fingerprint.settings["options"]}
         rows[ev.objective.name] = row
@@ -332,6 +333,7 @@ def evaluate_mask(lm: LoadedModel, remove: str | Sequence[int] | None, objective
 
 # --- what the other commands call: the CLI imports nothing but this module ----------------------
 from .experiments.compare import compare, parse_names  # noqa: E402,F401
+from .objectives import validate_objective_spec  # noqa: E402,F401
 from .experiments.compare import study as run_study  # noqa: E402,F401  (`study` names a search's study)
 from .record.worker import run_worker, stop_on_sigterm  # noqa: E402,F401
 

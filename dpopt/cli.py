@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from .data import DEFAULT_DATA_SEED
 from .errors import UserError
@@ -63,13 +64,16 @@ def _objective_options(a) -> dict:
     return {k: v for k, v in given.items() if v is not None}
 
 
-def _problem(a, objective: str, split: str | None = None, **extra):
-    """The Problem the arguments describe, validated before anything loads."""
-    from .api import Problem
+def _problem(a, objective: str, split: str | None = None, shared: Sequence[str] = (), **extra):
+    """The Problem the arguments describe, validated before anything loads. ``shared``: every
+    objective of a run that hands them all the same options (checked together first)."""
+    from .api import Problem, validate_objective_spec
 
+    if shared:
+        validate_objective_spec(list(shared), _objective_options(a))
     return Problem(model=a.model, objective=objective, options=_objective_options(a), data=a.data, tasks=a.tasks,
                    split=split or a.split, data_seed=a.data_seed, dtype=a.dtype, prefix_sharing=not a.no_prefix_sharing,
-                   cache_mb=a.cache_mb, memory_mb=a.memory_mb, **extra).validate()
+                   cache_mb=a.cache_mb, memory_mb=a.memory_mb, **extra).validate(shared_options=bool(shared))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,9 +230,9 @@ def cmd_compare(a) -> int:
 
     _check_grid(a)  # every mistake before the model loads
     heldout = api.parse_names(a.heldout, "--heldout") if a.heldout.strip() else []
-    problem = _problem(a, a.objective, split="calib")
+    problem = _problem(a, a.objective, split="calib", shared=[a.objective, *heldout])
     for spec in heldout:
-        _problem(a, spec, split="eval")
+        _problem(a, spec, split="eval", shared=[a.objective, *heldout])
     lm = problem.load(a.device)
     res = api.compare(lm, a.objective, heldout=heldout, **_grid_kwargs(a))
     g = res.grid
@@ -254,7 +258,7 @@ def cmd_study(a) -> int:
         raise UserError("study needs at least two --objectives (e.g. ppl,kl); for one use dpopt compare")
     if a.random_masks < 0:
         raise UserError(f"--random-masks must be >= 0, got {a.random_masks}")
-    problem = [_problem(a, spec, split="calib") for spec in objectives][0]
+    problem = [_problem(a, spec, split="calib", shared=objectives) for spec in objectives][0]
     lm = problem.load(a.device)
     res = api.run_study(lm, a.objectives, random_masks=a.random_masks, **_grid_kwargs(a))
     print(res.report.get("headline", ""))
@@ -370,8 +374,9 @@ def cmd_eval(a) -> int:
     from . import api
 
     specs = [s.strip() for s in a.objective.split(";") if s.strip()]
-    problems = [_problem(a, spec) for spec in specs]
-    lm = problems[0].load(a.device) if problems else api.load(a.model, a.device, a.dtype)
+    if not specs:
+        raise UserError("--objective is empty")
+    lm = [_problem(a, spec, shared=specs) for spec in specs][0].load(a.device)
     res = api.evaluate_mask(lm, a.remove, specs, data=a.data, tasks=a.tasks, split=a.split, data_seed=a.data_seed,
                             prefix_sharing=not a.no_prefix_sharing, cache_mb=a.cache_mb, memory_mb=a.memory_mb,
                             **_objective_options(a))

@@ -318,8 +318,8 @@ class Evaluator(MemoEvaluator):
         Inf reaches the objective's statistics and makes ``finish`` non-finite, which the
         memo layer records as the worst fitness with its reason.
         """
-        by_pos = getattr(self.objective, "positions_additive", False)
-        by_row = by_pos or getattr(self.objective, "rows_additive", False)
+        by_pos = self.objective.positions_additive
+        by_row = by_pos or self.objective.rows_additive
         n, t = hidden.shape[0], hidden.shape[1]
         if not by_row or (n == 1 and not by_pos):
             return self.objective.score(self.lm.masked.head(hidden), batch)

@@ -22,6 +22,8 @@ WORST = float("inf")
 
 def to_minimize(raw, direction: str):
     """Raw value(s) as fitness where lower is better (arrays too)."""
+    if direction not in ("minimize", "maximize"):
+        raise ValueError(f"direction must be 'minimize' or 'maximize', not {direction!r}")
     if direction == "minimize":
         return raw
     return -raw if np.isscalar(raw) else -np.asarray(raw, dtype=float)

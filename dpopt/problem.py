@@ -92,14 +92,16 @@ class Problem:
     memory_mb: float | None = None
 
     # --- checks ------------------------------------------------------------------------------
-    def validate(self, loaded: bool = False) -> "Problem":
+    def validate(self, loaded: bool = False, shared_options: bool = False) -> "Problem":
         """Every check of this spec that needs no model; returns the spec with local paths made
         absolute and unset options dropped (what a worker elsewhere must see). ``loaded``: the
-        model is already in memory, so its reference needs no check."""
+        model is already in memory, so its reference needs no check. ``shared_options``: the
+        options belong to a run of several objectives (checked together with
+        :func:`dpopt.objectives.validate_objective_spec`); this one keeps those it takes."""
         from .costs import COSTS
         from .data import check_data_ref
         from .models.loading import check_model_ref
-        from .objectives import check_objective_spec, uses_tasks
+        from .objectives import options_for, uses_tasks, validate_objective_spec
 
         if not isinstance(self.model, str) or not self.model.strip():
             raise UserError("--model is empty")
@@ -118,7 +120,9 @@ class Problem:
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise UserError(f"{flag} must be a number of MiB >= 0, got {value!r}")
         options = {k: v for k, v in self.options.items() if v is not None}
-        check_objective_spec(self.objective, options)
+        if shared_options:
+            options = options_for(self.objective, options)
+        validate_objective_spec(self.objective, options)
         text, mc = uses_tasks(self.objective)
         if text:
             check_data_ref(self.data or DEFAULT_TEXT, "--data")
@@ -217,14 +221,15 @@ def problem_for(lm, objective: str = "ppl", data: str | None = None, tasks: str 
                 split: str = "calib", data_seed: int = DEFAULT_DATA_SEED, prefix_sharing: bool = True,
                 cache_mb: float | None = None, memory_mb: float | None = None, units: str = "block",
                 tie: bool = False, minimize: str | Sequence[str] | None = None, cost_options: dict | None = None,
-                **options) -> Problem:
+                shared_options: bool = False, **options) -> Problem:
     """The validated Problem of scoring ``lm`` so (its model reference is the one it was loaded from)."""
     if isinstance(minimize, str):
         minimize = [m.strip() for m in minimize.split(",") if m.strip()]
     return Problem(model=lm.spec or lm.source, objective=objective, options=options, data=data, tasks=tasks,
                    split=split, data_seed=data_seed, units=units, tie=tie, minimize=tuple(minimize or ()),
                    cost_options=dict(cost_options or {}), dtype=str(lm.masked.dtype).replace("torch.", ""),
-                   prefix_sharing=prefix_sharing, cache_mb=cache_mb, memory_mb=memory_mb).validate(loaded=True)
+                   prefix_sharing=prefix_sharing, cache_mb=cache_mb, memory_mb=memory_mb).validate(
+                       loaded=True, shared_options=shared_options)
 
 
 @dataclass(frozen=True)

@@ -300,7 +300,8 @@ def compare(lm, objective: str = "ppl", algos: str | Sequence[str] = "greedy,ran
     data_seed = DEFAULT_DATA_SEED if data_seed is None else data_seed
     opts = _objective_options(objective_options)
     ev_opts = dict(evaluator_options or {})
-    ev = problem_for(lm, objective, data=data, tasks=tasks, split="calib", data_seed=data_seed, **ev_opts, **opts).build(lm)
+    ev = problem_for(lm, objective, data=data, tasks=tasks, split="calib", data_seed=data_seed, shared_options=True,
+                     **ev_opts, **opts).build(lm)
     constraint = Constraint.build(lm.n_blocks, remove=remove, protect=protect)
     prefix = lm.source
     grid = run_grid(ev, constraint, algos, seeds, budget, storage, prefix, ev.objective.name, seconds=seconds,
@@ -336,7 +337,8 @@ def _heldout(lm, masks: Mapping[str, LayerMask], objectives: Sequence[str], data
     if dense:
         rows["dense (no removal)"] = {}
     for spec in objectives:
-        ev = problem_for(lm, spec, data=data, tasks=tasks, split="eval", data_seed=data_seed, **ev_opts, **opts).build(lm)
+        ev = problem_for(lm, spec, data=data, tasks=tasks, split="eval", data_seed=data_seed, shared_options=True,
+                     **ev_opts, **opts).build(lm)
         for name, mask in masks.items():
             rows[name][ev.objective.name] = heldout_score(ev, mask)
         if dense:
@@ -370,7 +372,8 @@ def study(lm, objectives: str | Sequence[str] = ("ppl", "kl"), algos: str | Sequ
     constraint = Constraint.build(lm.n_blocks, remove=remove, protect=protect)
     evaluators, grids = {}, {}
     for spec in objs:
-        ev = problem_for(lm, spec, data=data, tasks=tasks, split="calib", data_seed=data_seed, **ev_opts, **opts).build(lm)
+        ev = problem_for(lm, spec, data=data, tasks=tasks, split="calib", data_seed=data_seed, shared_options=True,
+                     **ev_opts, **opts).build(lm)
         name = ev.objective.name
         grids[name] = run_grid(ev, constraint, algos, seeds, budget, storage, lm.source, name, seconds=seconds,
                                algo_options=algo_options, brute_force=brute_force, progress=progress,

@@ -238,7 +238,7 @@ class ParetoArchive:
         return rows
 
     def extra(self) -> dict[str, Any]:
-        from ..pareto import front_points
+        from ..costs.pareto import front_points
 
         evaluated = list(self.scored.values())
         return {"evaluated": evaluated, "front": front_points(evaluated)}
