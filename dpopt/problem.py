@@ -98,7 +98,7 @@ class Problem:
         model is already in memory, so its reference needs no check. ``shared_options``: the
         options belong to a run of several objectives (checked together with
         :func:`dpopt.objectives.validate_objective_spec`); this one keeps those it takes."""
-        from .costs import COSTS
+        from .costs import check_cost_options
         from .data import check_data_ref
         from .models.loading import check_model_ref
         from .objectives import options_for, uses_tasks, validate_objective_spec
@@ -128,8 +128,8 @@ class Problem:
             check_data_ref(self.data or DEFAULT_TEXT, "--data")
         if mc and self.tasks is not None:
             check_data_ref(self.tasks, "--tasks")
-        for name in self.minimize:
-            COSTS.get(name)
+        # no --minimize: the options can only be --max-latency's timer's
+        check_cost_options(list(self.minimize) or ["latency"], self.cost_options)
         return replace(self, options=options, data=portable(self.data), tasks=portable(self.tasks),
                        model=portable(self.model), minimize=tuple(self.minimize))
 

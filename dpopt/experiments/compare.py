@@ -117,7 +117,7 @@ def run_grid(evaluator, constraint: Constraint, algos: Sequence[str], seeds: int
     """
     from ..optim import Budget, make_searcher, run_search
 
-    n0, u0 = evaluator.n_scored, getattr(evaluator, "units_scored", None)
+    n0, u0 = evaluator.n_scored, evaluator.units_scored
     start = time.perf_counter()
     runs: list[Run] = []
     studies: dict[tuple[str, int], str] = {}
