@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -54,11 +55,13 @@ def check_report_folder(report: str | None, overwrite: bool = False) -> None:
         raise UserError(f"report folder {report!r} is a file")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise UserError(f"report folder {report!r} exists and is not empty; use --overwrite or another folder")
-    existing = path
+    existing = path.resolve()
     while not existing.exists():
-        existing = existing.parent if existing.parent != existing else Path(".")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"report folder {report!r} cannot be written ({existing} is not writable)")
+        existing = existing.parent
+    try:  # a real try, not os.access: root passes that on a read-only file system
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as exc:
+        raise UserError(f"report folder {report!r} cannot be written ({existing}: {exc.strerror})") from None
 
 
 def _check_int(value, flag: str, low: int | None = None) -> None:
@@ -256,15 +259,17 @@ class SearchPlan:
     def validate(self, minimizes: bool = False) -> "SearchPlan":
         """Every check of the run that needs no model (``minimizes``: the problem has costs)."""
         from .genome import parse_params, parse_remove
-        from .optim import SEARCHERS
+        from .optim import SEARCHERS, check_searcher_options
 
         if self.remove is None and self.sparsity is None and self.max_params is None and self.max_latency is None:
             raise UserError("give --remove K, --remove MIN:MAX, --sparsity F, --max-params N or --max-latency MS")
         if self.max_latency is not None and not self.max_latency > 0:
             raise UserError(f"--max-latency must be positive ms per token, got {self.max_latency:g}")
-        parse_remove(self.remove), parse_params(self.max_params)
+        size = parse_remove(self.remove)
+        parse_params(self.max_params)
         factory = SEARCHERS.get(self.algo)
         _check_int(self.seed, "--seed", 0)
+        check_searcher_options(self.algo, self.algo_options, self.seed, k=max(1, size[0] if size else 1))
         _check_int(self.budget, "--budget", 1)
         if self.seconds is not None and not self.seconds > 0:
             raise UserError(f"--time-budget must be positive seconds, got {self.seconds}")

@@ -21,5 +21,30 @@ def make_searcher(algo: str, constraint, evaluator, seed: int, options: dict | N
         raise UserError(f"bad option for --algo {algo}: {exc}") from None
 
 
-__all__ = ["SEARCHERS", "Budget", "SearchOutcome", "Searcher", "SearcherBase", "make_searcher", "register_searcher",
+def check_searcher_options(algo: str, options: dict | None, seed: int = 0, k: int = 1) -> None:
+    """Refuse an unknown or mistyped searcher option before any model loads: the searcher is
+    built once over a stand-in space of ``k`` removals (a block-ranking one without its
+    statistics, so only its signature is checked)."""
+    import inspect
+
+    from ..genome import Constraint
+
+    factory = SEARCHERS.get(algo)
+    options = dict(options or {})
+    try:
+        inspect.signature(factory).bind(None, seed=seed, **({"stats": None} if factory.needs_block_stats else {}),
+                                        **options)
+    except TypeError as exc:
+        raise UserError(f"bad option for --algo {algo}: {exc}") from None
+    except ValueError:  # no introspectable signature: construction below still tells
+        pass
+    if factory.needs_block_stats:
+        return
+    try:
+        factory(Constraint(max(2 * k, 8), k), seed=seed, **options)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"bad option for --algo {algo}: {exc}") from None
+
+
+__all__ = ["check_searcher_options", "SEARCHERS", "Budget", "SearchOutcome", "Searcher", "SearcherBase", "make_searcher", "register_searcher",
            "run_search"]
