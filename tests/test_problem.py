@@ -52,7 +52,7 @@ def _one_line_exit_2(args, capsys) -> str:
     (["--data", "{empty}"], "is empty"),
     (["--objective", "ppl", "--questions", "5"], "has no option 'questions'"),
     (["--objective", "nosuch"], "nosuch"),
-    (["--minimize", "nosuch"], "nosuch"),
+    (["--minimize", "nosuch", "--algo", "nsga2"], "nosuch"),
     (["--cost-option", "repeets=3", "--minimize", "latency", "--algo", "nsga2"], "--cost-option repeets"),
     (["--minimize", "params", "--algo", "genetic"], "multi-objective searcher"),
     (["--output", "/dev/null"], "not a regular file"),

@@ -128,15 +128,15 @@ def _parse_option(text: str):
 def cmd_search(a) -> int:
     from .. import api
 
-    problem = _problem(a, a.objective, units=a.units, tie=a.tie,
-                       minimize=tuple(m.strip() for m in (a.minimize or "").split(",") if m.strip()),
-                       cost_options=dict(_parse_option(o) for o in a.cost_option))
-    pareto = a.pareto or (str(Path(a.output).with_name("pareto.json")) if problem.minimize and a.output else None)
+    minimize = tuple(m.strip() for m in (a.minimize or "").split(",") if m.strip())
+    pareto = a.pareto or (str(Path(a.output).with_name("pareto.json")) if minimize and a.output else None)
     plan = api.SearchPlan(algo=a.algo, algo_options=dict(_parse_option(o) for o in a.option), remove=a.remove,
                           sparsity=a.sparsity, protect=a.protect, max_params=a.max_params, max_latency=a.max_latency,
                           budget=a.budget, seconds=a.time_budget, seed=a.seed, storage=a.storage, study=a.study,
                           output=a.output, pareto=pareto, workers=a.workers,
-                          queue=a.queue).validate(minimizes=bool(problem.minimize))
+                          queue=a.queue).validate(minimizes=bool(minimize))
+    problem = _problem(a, a.objective, units=a.units, tie=a.tie, minimize=minimize,
+                       cost_options=dict(_parse_option(o) for o in a.cost_option))
     lm = problem.load(a.device)
     res = api.run(lm, problem.build(lm), plan, progress=not a.no_progress, cost_options=problem.cost_options)
     what = f"{res.removed_layers} of {res.n_blocks} blocks" if res.units == "block" else \
