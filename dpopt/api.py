@@ -157,11 +157,22 @@ def make_evaluator(lm: LoadedModel, objective: str = "ppl", data: str | None = N
     return ev
 
 
-def export(lm: LoadedModel, remove: str | Sequence, out: str, force: bool = False) -> Path:
-    """Write the model without the ``remove`` units (``"attn.3,mlp.7,12"``; integers are blocks)."""
+def export(lm: LoadedModel, remove: str | Sequence, out: str, force: bool = False, format: str = "transformers",
+           gguf_type: str | None = None) -> Path:
+    """Write the model without the ``remove`` units (``"attn.3,mlp.7,12"``; integers are blocks).
+
+    ``format="gguf"`` writes one GGUF file (:mod:`dpopt.models.gguf_export`); ``gguf_type``
+    (f32, f16, bf16, q8_0) is the tensor type when the source is a transformers checkpoint."""
     from .models.export import export_pruned_units, prepare_out_dir
 
     space, mask = parse_removed_units(lm, remove)
+    if format == "gguf":
+        from .models.gguf_export import export_gguf
+
+        return export_gguf(lm, space.removed_names(mask), out, force=force, out_type=gguf_type)
+    if format != "transformers" or gguf_type is not None:
+        raise UserError(f"--format must be transformers or gguf, got {format!r}" if format != "transformers"
+                        else "--gguf-type needs --format gguf")
     prepare_out_dir(out, force)
     return export_pruned_units(lm.masked, lm.tokenizer, space.removed_names(mask), out, source=lm.source, force=force)
 

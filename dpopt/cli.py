@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     _objective_args(e, "eval")
     e.add_argument("--json", action="store_true", help="print JSON")
 
-    x = sub.add_parser("export", help="write the pruned model as a plain transformers checkpoint")
+    x = sub.add_parser("export", help="write the pruned model as a plain transformers checkpoint, or as one GGUF file")
     _model_args(x)
     xs = x.add_mutually_exclusive_group(required=True)
     xs.add_argument("--remove", help="units to remove, e.g. 3,7,12 or attn.3,mlp.7,12 (integers: blocks)")
@@ -119,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--point", type=int, default=None, help="with --from-result pareto.json: which point of the front")
     x.add_argument("--out", required=True)
     x.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    x.add_argument("--format", choices=("transformers", "gguf"), default=None,
+                   help="transformers: a checkpoint folder; gguf: one file llama.cpp runs, a GGUF source's "
+                        "quantization kept (default: gguf when --out ends in .gguf)")
+    x.add_argument("--gguf-type", choices=("f32", "f16", "bf16", "q8_0"), default=None,
+                   help="with --format gguf from a transformers source: the tensor type (default f16)")
 
     c = sub.add_parser("compare", help="run several searchers x seeds on one objective; write a report")
     _model_args(c)
@@ -395,9 +400,15 @@ def cmd_export(a) -> int:
         remove = ",".join(units)
     elif a.point is not None:
         raise UserError("--point picks a point of --from-result pareto.json")
-    prepare_out_dir(a.out, a.force)  # fail before the model loads
+    fmt = a.format or ("gguf" if str(a.out).lower().endswith(".gguf") else "transformers")
+    if fmt == "gguf":
+        from .models.gguf_export import prepare_out_file
+
+        prepare_out_file(a.out, a.force)  # fail before the model loads
+    else:
+        prepare_out_dir(a.out, a.force)
     lm = api.load(a.model, a.device, a.dtype)
-    out = api.export(lm, remove, a.out, force=a.force)
+    out = api.export(lm, remove, a.out, force=a.force, format=fmt, gguf_type=a.gguf_type)
     space, mask = api.parse_removed_units(lm, remove)
     units = api.removed_unit_names(lm, space, mask)
     dropped = sum(u.startswith("block.") for u in units)

@@ -42,7 +42,9 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
 
     folder, name = str(path.parent), path.name
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
+        from .gguf_export import gguf_config  # a pruned file's per-layer attention pattern
+
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype, config=gguf_config(path))
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except Exception as exc:  # the gguf reader raises many kinds on a bad file
         raise UserError(f"cannot load GGUF file {path}: {_one_line(exc)}") from None
