@@ -231,8 +231,6 @@ def export_gguf_from_gguf(source: Path, plan, out: Path, provenance: dict) -> Pa
     if n != plan.n_blocks:
         raise UserError(f"{source} has {n} blocks but the loaded model has {plan.n_blocks}")
     kept = plan.kept()
-    if not kept:
-        raise UserError(f"cannot remove all {n} blocks")
     metadata = rewritten_metadata(reader, arch, kept, provenance)
     tensors = list(pruned_tensors(reader, arch, kept, plan.silenced))
     missing = [f"{k}.{b}" for b, kinds in plan.silenced.items() for k in kinds
