@@ -180,7 +180,7 @@ def test_llama_cpp_runs_tiny_pruned_files(tiny_ck, q8_source, tmp_path):
     assert kl(masked_logprobs(src_lm, IDS, REMOVED), lc).max() < 0.01
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3"])
 def test_llama_cpp_runs_tiny_converted_families(family, tmp_path):
     ck = save_tiny_checkpoint(tmp_path / family, family, n_blocks=6)
     lm = dpopt.load(str(ck), device="cpu")
@@ -202,6 +202,18 @@ def test_eval_of_the_pruned_file_equals_eval_of_the_mask(q8_source, text_file, t
     a, b = json.loads(masked)["objectives"]["ppl"], json.loads(pruned)["objectives"]["ppl"]
     assert b["dense"] == pytest.approx(a["pruned"], rel=1e-6)
     assert a["pruned"] != pytest.approx(a["dense"], rel=1e-3)
+
+
+def test_export_from_result_names_the_file_by_its_suffix(q8_source, tmp_path, capsys):
+    result = tmp_path / "result.json"
+    result.write_text(json.dumps({"removed_units": ["block.2", "mlp.4"]}))
+    out = tmp_path / "p.gguf"
+    rc, stdout, err = run_cli(["export", "--model", q8_source, "--from-result", result, "--out", out], capsys)
+    assert rc == 0, err
+    r = gguf.GGUFReader(out)  # no --format: the .gguf suffix chose it
+    assert r.fields["llama.block_count"].contents() == 5
+    assert r.fields["dpopt.removed_units"].contents() == "block.2,mlp.4"
+    assert not next(t for t in r.tensors if t.name == "blk.3.ffn_down.weight").data.any()
 
 
 def _assert_one_line(rc, err, needle):
@@ -242,6 +254,13 @@ def test_bad_export_is_one_line_and_writes_nothing(case, needle, q8_source, tmp_
     _assert_one_line(rc, err, needle)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
     assert blocker.read_text() == "x"
+
+
+def test_a_tokenizer_without_a_gguf_vocabulary_is_refused(tiny_lm, tmp_path):
+    lm = tiny_lm("llama")  # the char-level toy tokenizer: no tokenizer.json
+    with pytest.raises(UserError, match="cannot write a GGUF vocabulary for ToyTokenizer"):
+        export_gguf(lm, ["block.1"], tmp_path / "o.gguf")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unknown_architecture_is_refused(tmp_path):

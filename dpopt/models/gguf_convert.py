@@ -13,7 +13,6 @@ written as a GGUF vocabulary; llama.cpp cannot run a file without one.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,7 +22,6 @@ import torch
 
 from ..errors import UserError
 from ..registry import Registry
-from .families import family_of, get_path
 from .gguf_export import atomic_write, gguf_writer
 
 OUT_TYPES = ("f32", "f16", "bf16", "q8_0")
@@ -87,15 +85,20 @@ def hparams(writer, config, n_blocks: int, file_type: int) -> None:
     writer.add_file_type(file_type)
 
 
-def vocabulary(writer, tokenizer, vocab_size: int) -> None:
-    """The tokenizer as llama.cpp's ``gpt2`` (byte-level BPE) vocabulary; anything else is refused."""
-    import gguf
-
+def bpe_model(tokenizer) -> dict:
+    """The tokenizer's BPE model (vocab, merges); anything else has no GGUF vocabulary here."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     model = json.loads(backend.to_str())["model"] if backend is not None else {}
     if model.get("type") != "BPE":
         raise UserError(f"cannot write a GGUF vocabulary for {type(tokenizer).__name__}: only byte-level BPE "
                         f"tokenizers (tokenizer.json) are converted")
+    return model
+
+
+def vocabulary(writer, tokenizer, model: dict, vocab_size: int) -> None:
+    """The tokenizer as llama.cpp's ``gpt2`` (byte-level BPE) vocabulary."""
+    import gguf
+
     special = set(tokenizer.all_special_ids)
     added = set(tokenizer.get_added_vocab().values())
     tokens, types = [], []
@@ -113,7 +116,8 @@ def vocabulary(writer, tokenizer, vocab_size: int) -> None:
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    writer.add_key_value(gguf.Keys.Tokenizer.MERGES, merges, gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.STRING)
+    writer.add_key_value(gguf.Keys.Tokenizer.MERGES, merges, gguf.GGUFValueType.ARRAY,
+                         sub_type=gguf.GGUFValueType.STRING)  # may be empty: see gguf_writer
     for name, tid in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id),
                       ("pad", tokenizer.pad_token_id), ("unk", tokenizer.unk_token_id)):
         if tid is not None and 0 <= tid < vocab_size:
@@ -168,8 +172,8 @@ def export_gguf_from_transformers(lm, plan, out: Path, out_type: str, provenance
     if out_type not in OUT_TYPES:
         raise UserError(f"--gguf-type must be one of {', '.join(OUT_TYPES)}, got {out_type!r}")
     model = lm.model
-    family_of(model)
     conv = converter_for(model)
+    bpe = bpe_model(lm.tokenizer)  # both refusals before any tensor is converted
     config = model.config
     n_kept = len(plan.kept())
     names = gguf.get_tensor_name_map(
@@ -185,7 +189,7 @@ def export_gguf_from_transformers(lm, plan, out: Path, out_type: str, provenance
     def write(tmp: Path) -> None:
         writer = gguf_writer(tmp, conv.arch)
         hparams(writer, config, n_kept, _FILE_TYPES[out_type])
-        vocabulary(writer, lm.tokenizer, config.vocab_size)
+        vocabulary(writer, lm.tokenizer, bpe, config.vocab_size)
         for key, value in provenance.items():
             getattr(writer, "add_string" if isinstance(value, str) else "add_uint32")(key, value)
         for gname, arr, raw in tensors:

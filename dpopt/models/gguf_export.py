@@ -94,7 +94,8 @@ def open_reader(path: Path):
     try:
         reader = gguf.GGUFReader(path)
     except Exception as exc:  # the reader raises many kinds on a bad file
-        raise UserError(f"cannot read GGUF file {path}: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"cannot read GGUF file {path}: {first}") from None
     arch = _field(reader, "general.architecture")
     if arch not in GGUF_ARCHS:
         raise UserError(f"GGUF architecture {arch!r} of {path} is not one the exporter knows; "
@@ -189,8 +190,6 @@ def gguf_writer(path: Path, arch: str, **kw):
 def write_gguf(path: Path, arch: str, metadata: list[tuple], tensors: list[tuple[str, object, bool]],
                alignment: int | None, endianess) -> None:
     """Write one GGUF file: header, metadata, tensor infos, then each tensor's bytes (zeros where asked)."""
-    import gguf
-
     writer = gguf_writer(path, arch, endianess=endianess)
     if alignment:
         writer.data_alignment = alignment
