@@ -177,7 +177,8 @@ def test_llama_cpp_runs_tiny_pruned_files(tiny_ck, q8_source, tmp_path):
     copied = export_gguf(src_lm, REMOVED, tmp_path / "q8.gguf")
     lc, _ = llama_cpp_logprobs(copied, IDS)
     # llama.cpp multiplies Q8_0 weights by Q8_0-rounded activations: a KL bound, as for the zoo
-    assert kl(masked_logprobs(src_lm, IDS, REMOVED), lc).max() < 0.01
+    # (measured: max 1.1e-6 on the unpruned file, 4.6e-7 on this one)
+    assert kl(masked_logprobs(src_lm, IDS, REMOVED), lc).max() < 1e-4
 
 
 @pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3"])
