@@ -97,11 +97,22 @@ def make_evaluator(lm: LoadedModel, objective: str = "ppl", data: str | None = N
     return problem.build(lm, space)
 
 
-def export(lm: LoadedModel, remove: str | Sequence, out: str, force: bool = False) -> Path:
-    """Write the model without the ``remove`` units (``"attn.3,mlp.7,12"``; integers are blocks)."""
+def export(lm: LoadedModel, remove: str | Sequence, out: str, force: bool = False, format: str = "transformers",
+           gguf_type: str | None = None) -> Path:
+    """Write the model without the ``remove`` units (``"attn.3,mlp.7,12"``; integers are blocks).
+
+    ``format="gguf"`` writes one GGUF file (:mod:`dpopt.models.gguf_export`); ``gguf_type``
+    (f32, f16, bf16, q8_0) is the tensor type when the source is a transformers checkpoint."""
     from .models.export import export_pruned_units, prepare_out_dir
 
     space, mask = parse_removed_units(lm, remove)
+    if format == "gguf":
+        from .models.gguf_export import export_gguf
+
+        return export_gguf(lm, space.removed_names(mask), out, force=force, out_type=gguf_type)
+    if format != "transformers" or gguf_type is not None:
+        raise UserError(f"--format must be transformers or gguf, got {format!r}" if format != "transformers"
+                        else "--gguf-type needs --format gguf")
     prepare_out_dir(out, force)
     return export_pruned_units(lm.masked, lm.tokenizer, space.removed_names(mask), out, source=lm.source, force=force)
 
@@ -346,11 +357,16 @@ def removal_from_result(path: str, point: int | None) -> str:
     return ",".join(units)
 
 
-def prepare_export(out: str, force: bool = False) -> None:
-    """Refuse an ``--out`` that cannot take the export, before the model loads."""
-    from .models.export import prepare_out_dir
+def prepare_export(out: str, force: bool = False, format: str = "transformers") -> None:
+    """Refuse an ``--out`` that cannot take the export (a folder, or one GGUF file), before the model loads."""
+    if format == "gguf":
+        from .models.gguf_export import prepare_out_file
 
-    prepare_out_dir(out, force)
+        prepare_out_file(out, force)
+    else:
+        from .models.export import prepare_out_dir
+
+        prepare_out_dir(out, force)
 
 
 def serve_dashboard(storage: str | None, host: str = "127.0.0.1", port: int = 8080) -> int:

@@ -217,9 +217,10 @@ def cmd_export(a) -> int:
         remove = api.removal_from_result(a.from_result, a.point)
     elif a.point is not None:
         raise UserError("--point picks a point of --from-result pareto.json")
-    api.prepare_export(a.out, a.force)  # fail before the model loads
+    fmt = a.format or ("gguf" if str(a.out).lower().endswith(".gguf") else "transformers")
+    api.prepare_export(a.out, a.force, fmt)  # fail before the model loads
     lm = api.Problem(model=a.model, dtype=a.dtype).validate().load(a.device)
-    out = api.export(lm, remove, a.out, force=a.force)
+    out = api.export(lm, remove, a.out, force=a.force, format=fmt, gguf_type=a.gguf_type)
     space, mask = api.parse_removed_units(lm, remove)
     units = api.removed_unit_names(lm, space, mask)
     dropped = sum(u.startswith("block.") for u in units)

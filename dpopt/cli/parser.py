@@ -121,7 +121,7 @@ def _eval_parser(sub) -> None:
 
 
 def _export_parser(sub) -> None:
-    x = sub.add_parser("export", help="write the pruned model as a plain transformers checkpoint")
+    x = sub.add_parser("export", help="write the pruned model as a plain transformers checkpoint, or as one GGUF file")
     _model_args(x)
     xs = x.add_mutually_exclusive_group(required=True)
     xs.add_argument("--remove", help="units to remove, e.g. 3,7,12 or attn.3,mlp.7,12 (integers: blocks)")
@@ -129,6 +129,11 @@ def _export_parser(sub) -> None:
     x.add_argument("--point", type=int, default=None, help="with --from-result pareto.json: which point of the front")
     x.add_argument("--out", required=True)
     x.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    x.add_argument("--format", choices=("transformers", "gguf"), default=None,
+                   help="transformers: a checkpoint folder; gguf: one file llama.cpp runs, a GGUF source's "
+                        "quantization kept (default: gguf when --out ends in .gguf)")
+    x.add_argument("--gguf-type", choices=("f32", "f16", "bf16", "q8_0"), default=None,
+                   help="with --format gguf from a transformers source: the tensor type (default f16)")
 
 
 def _grid_parsers(sub) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import UserError, one_line as _one_line
 from .export import strip_quantization
-from .gguf_load import load_gguf
+from .gguf_io import load_gguf
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
