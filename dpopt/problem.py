@@ -106,10 +106,6 @@ class Problem:
         from .models.loading import check_model_ref
         from .objectives import options_for, uses_tasks, validate_objective_spec
 
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise UserError("--model is empty")
-        if not loaded:
-            check_model_ref(self.model)
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.split not in SPLITS:
@@ -133,6 +129,10 @@ class Problem:
             check_data_ref(self.tasks, "--tasks")
         # no --minimize: the options can only be --max-latency's timer's
         check_cost_options(list(self.minimize) or ["latency"], self.cost_options)
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise UserError("--model is empty")
+        if not loaded:  # last: every mistake above is named even beside a model that is not there
+            check_model_ref(self.model)
         return replace(self, options=options, data=portable(self.data), tasks=portable(self.tasks),
                        model=portable(self.model), minimize=tuple(self.minimize))
 

@@ -212,4 +212,4 @@ def test_cli_option_mistakes_are_one_line_exit_2_before_the_model_loads(command,
 def test_cli_hands_each_objective_of_eval_the_options_it_takes(no_model, capsys):
     """``--questions`` with ``ppl;acc`` is for acc: the check passes and the run goes on to load the model."""
     with pytest.raises(AssertionError, match="the model was loaded"):
-        main(["eval", "--model", "none", "--objective", "ppl;acc", "--questions", "5", "--tokens", "64"])
+        main(["eval", "--model", "org/none", "--objective", "ppl;acc", "--questions", "5", "--tokens", "64"])

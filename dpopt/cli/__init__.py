@@ -72,7 +72,7 @@ def cmd_compare(a) -> int:
     problem = _problem(a, a.objective, split="calib", shared=[a.objective, *heldout])
     for spec in heldout:
         _problem(a, spec, split="eval", shared=[a.objective, *heldout])
-    lm = problem.load(a.device)
+    lm = api.load(problem.model, a.device, problem.dtype)
     res = api.compare(lm, a.objective, heldout=heldout, **_grid_kwargs(a))
     g = res.grid
     failed = [f"{r.algo} seed {r.seed}" for r in g.experiment.runs if not r.ok]
@@ -98,7 +98,7 @@ def cmd_study(a) -> int:
     if a.random_masks < 0:
         raise UserError(f"--random-masks must be >= 0, got {a.random_masks}")
     problem = [_problem(a, spec, split="calib", shared=objectives) for spec in objectives][0]
-    lm = problem.load(a.device)
+    lm = api.load(problem.model, a.device, problem.dtype)
     res = api.run_study(lm, a.objectives, random_masks=a.random_masks, **_grid_kwargs(a))
     print(res.report.get("headline", ""))
     for c in res.report.get("correlations", []):
@@ -137,7 +137,7 @@ def cmd_search(a) -> int:
                           queue=a.queue).validate(minimizes=bool(minimize))
     problem = _problem(a, a.objective, units=a.units, tie=a.tie, minimize=minimize,
                        cost_options=dict(_parse_option(o) for o in a.cost_option))
-    lm = problem.load(a.device)
+    lm = api.load(problem.model, a.device, problem.dtype)
     res = api.run(lm, problem.build(lm), plan, progress=not a.no_progress, cost_options=problem.cost_options)
     what = f"{res.removed_layers} of {res.n_blocks} blocks" if res.units == "block" else \
         f"{', '.join(res.removed_units)} ({res.units} units of a {res.n_blocks}-block model)"
@@ -194,7 +194,8 @@ def cmd_eval(a) -> int:
     specs = [s.strip() for s in a.objective.split(";") if s.strip()]
     if not specs:
         raise UserError("--objective is empty")
-    lm = [_problem(a, spec, shared=specs) for spec in specs][0].load(a.device)
+    problem = [_problem(a, spec, shared=specs) for spec in specs][0]
+    lm = api.load(problem.model, a.device, problem.dtype)
     res = api.evaluate_mask(lm, a.remove, specs, data=a.data, tasks=a.tasks, split=a.split, data_seed=a.data_seed,
                             prefix_sharing=not a.no_prefix_sharing, cache_mb=a.cache_mb, memory_mb=a.memory_mb,
                             **_objective_options(a))
@@ -219,7 +220,8 @@ def cmd_export(a) -> int:
         raise UserError("--point picks a point of --from-result pareto.json")
     fmt = a.format or ("gguf" if str(a.out).lower().endswith(".gguf") else "transformers")
     api.prepare_export(a.out, a.force, fmt)  # fail before the model loads
-    lm = api.Problem(model=a.model, dtype=a.dtype).validate().load(a.device)
+    problem = api.Problem(model=a.model, dtype=a.dtype).validate()
+    lm = api.load(problem.model, a.device, problem.dtype)
     out = api.export(lm, remove, a.out, force=a.force, format=fmt, gguf_type=a.gguf_type)
     space, mask = api.parse_removed_units(lm, remove)
     units = api.removed_unit_names(lm, space, mask)
