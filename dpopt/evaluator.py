@@ -104,13 +104,16 @@ def _prefix_key(mask: LayerMask, level: int) -> bytes:
 class Evaluator(MemoEvaluator):
     """Scores masks of one loaded model on one prepared objective.
 
-    ``fingerprint`` (set by :func:`dpopt.make_evaluator`) names everything that decides the
+    ``fingerprint`` (made by :meth:`dpopt.Problem.build`) names everything that decides the
     values; the study record refuses to mix values across fingerprints.
     """
 
     def __init__(self, lm: LoadedModel, objective, prefix_sharing: bool = True, cache_mb: float | None = None,
-                 memory_mb: float | None = None, fingerprint=None, units: UnitSpace | None = None):
+                 memory_mb: float | None = None, fingerprint=None, units: UnitSpace | None = None,
+                 costs: Sequence = (), problem=None):
         super().__init__()
+        self.costs = list(costs)  # what a multi-objective search minimises beside the objective
+        self.problem = problem  # the dpopt.Problem it was built from: a worker rebuilds it from its recipe
         self.lm = lm
         self.units = units or UnitSpace.blocks(lm.n_blocks)  # what each bit of a mask removes
         if self.units.n_blocks != lm.n_blocks:
@@ -121,8 +124,8 @@ class Evaluator(MemoEvaluator):
         self._empty_is_identity = bool(family.empty_block_is_identity(lm.model.config))
         self.objective = objective
         self.direction = objective.direction
+        self.metric = objective.name
         self.fingerprint = fingerprint
-        self.recipe: dict | None = None  # how `dpopt worker` rebuilds this evaluator (set by make_evaluator)
         self.units_scored = 0  # tokens (or questions) pushed through a head: the grid's real work
         self.prefix_sharing = prefix_sharing
         # Defaults scale with the model so that the evaluator's extra memory stays a
@@ -315,8 +318,8 @@ class Evaluator(MemoEvaluator):
         Inf reaches the objective's statistics and makes ``finish`` non-finite, which the
         memo layer records as the worst fitness with its reason.
         """
-        by_pos = getattr(self.objective, "positions_additive", False)
-        by_row = by_pos or getattr(self.objective, "rows_additive", False)
+        by_pos = self.objective.positions_additive
+        by_row = by_pos or self.objective.rows_additive
         n, t = hidden.shape[0], hidden.shape[1]
         if not by_row or (n == 1 and not by_pos):
             return self.objective.score(self.lm.masked.head(hidden), batch)

@@ -1,5 +1,8 @@
 """What every evaluator shares: the memo by (mask, fidelity) and the signed-fitness contract.
 
+This is the one module that turns an objective's raw values (perplexity, KL, accuracy)
+into fitness to minimise and back (:func:`to_minimize`, :func:`from_minimize`); searchers
+see signed fitness, everything after a search reads raw values and :func:`better`.
 ``evaluate`` returns fitness to MINIMISE. A subclass supplies ``_score(masks, fidelity)``
 for the masks not in the memo and returns raw objective values; this base class applies
 the objective's direction and records failures (NaN/Inf) as the worst fitness.
@@ -17,6 +20,25 @@ from .genome import LayerMask
 WORST = float("inf")
 
 
+def to_minimize(raw, direction: str):
+    """Raw value(s) as fitness where lower is better (arrays too)."""
+    if direction not in ("minimize", "maximize"):
+        raise ValueError(f"direction must be 'minimize' or 'maximize', not {direction!r}")
+    if direction == "minimize":
+        return raw
+    return -raw if np.isscalar(raw) else -np.asarray(raw, dtype=float)
+
+
+def from_minimize(signed, direction: str):
+    """Fitness back to the objective's raw value(s): the inverse of :func:`to_minimize`."""
+    return to_minimize(signed, direction)  # a negation is its own inverse
+
+
+def better(a: float, b: float, direction: str) -> bool:
+    """Whether raw value ``a`` beats ``b`` under ``direction`` (NaN never beats anything)."""
+    return bool(to_minimize(a, direction) < to_minimize(b, direction))
+
+
 class MemoEvaluator:
     """Memo by (mask, fidelity), the sign convention, and the study record around scoring.
 
@@ -27,6 +49,11 @@ class MemoEvaluator:
     """
 
     direction: str = "minimize"
+    metric: str = "value"  # the study's metric name: the objective's name
+    fingerprint = None  # a dpopt.record.Fingerprint: what decides the values (None: a synthetic function)
+    units = None  # the UnitSpace a mask's bits index (None: plain bits)
+    problem = None  # the dpopt.Problem it was built from, whose recipe a worker rebuilds it with
+    units_scored: int | None = None  # tokens (or questions) pushed through a head; None: not counted
 
     def __init__(self) -> None:
         self.memo: dict[tuple[bytes, int | None], float] = {}
@@ -38,7 +65,7 @@ class MemoEvaluator:
     def sign(self, raw: float) -> float:
         if not np.isfinite(raw):
             return WORST
-        return raw if self.direction == "minimize" else -raw
+        return to_minimize(raw, self.direction)
 
     def fidelities(self) -> list[int]:
         """The fidelities at which the objective's data can be cut (none for a plain function)."""
@@ -120,10 +147,11 @@ class MemoEvaluator:
 class FunctionEvaluator(MemoEvaluator):
     """Scores masks with a plain function: synthetic objectives for tests and benchmarks."""
 
-    def __init__(self, fn: Callable[[LayerMask], float], direction: str = "minimize"):
+    def __init__(self, fn: Callable[[LayerMask], float], direction: str = "minimize", metric: str = "synthetic"):
         super().__init__()
         self.fn = fn
         self.direction = direction
+        self.metric = metric
 
     def _score(self, masks, fidelity):
         return [self.fn(m) for m in masks]

@@ -16,7 +16,9 @@ from .errors import UserError
 
 
 @dataclass
-class SearchResult:
+class Result:
+    """One run's answer, its raw values with their direction, and where it came from (``result.json``)."""
+
     removed_layers: list[int]
     kept_layers: list[int]
     fitness: float

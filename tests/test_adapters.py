@@ -89,8 +89,10 @@ def test_ng_done_when_its_budget_is_asked(constraint, objective):
 
 
 def test_optuna_options_go_to_the_sampler(constraint):
-    s = SEARCHERS.get("optuna:NSGAIISampler")(constraint, seed=2, population_size=12)
-    assert s.study.sampler._population_size == 12
+    """The sampler's own check sees the option: a value it refuses is a user error naming it."""
+    SEARCHERS.get("optuna:NSGAIISampler")(constraint, seed=2, population_size=12)
+    with pytest.raises(UserError, match="cannot be built from options: `population_size` must be"):
+        SEARCHERS.get("optuna:NSGAIISampler")(constraint, seed=2, population_size=1)
     assert isinstance(SEARCHERS.get("optuna:RandomSampler")(constraint, seed=1).study.sampler,
                       __import__("optuna").samplers.RandomSampler)
 

@@ -17,8 +17,9 @@ from dpopt.genome import Constraint, LayerMask
 from dpopt.optim import SEARCHERS, Budget, run_search
 from dpopt.optim._common import level_switch_swaps
 from dpopt.optim.genetic import GeneticSearch, auto_race
+from dpopt.optim.surrogate import RidgeSurrogate
 
-from landscapes import brute_force, run_of_blocks, rugged, trap
+from landscapes import brute_force, rugged, trap
 
 
 def masks_with_fitness(c: Constraint, values, rng):
@@ -136,7 +137,7 @@ def test_run_search_binds_fidelities_and_parents_are_never_lost():
 
     def spy(masks, fitness):
         tell(masks, fitness)
-        if s._stage == "evolve" and s.generation:
+        if s.generation:  # counted from the first evolved generation on
             history.append(min(ind.fitness.values[0] for ind in s.population))
 
     s.tell = spy
@@ -209,7 +210,7 @@ def test_genetic_escapes_the_trap_that_catches_greedy(trap_seed):
 
 
 FAST = {"bayes": {"batch_size": 8}}
-NEEDS_MODEL = {n for n in SEARCHERS.names() if getattr(SEARCHERS.get(n), "needs_block_stats", False)}
+NEEDS_MODEL = {n for n in SEARCHERS.names() if SEARCHERS.get(n).needs_block_stats}
 
 
 @pytest.mark.parametrize("name", [n for n in SEARCHERS.names() if n not in NEEDS_MODEL | {"random"}])
@@ -251,16 +252,22 @@ def test_result_compares_values_at_one_fidelity():
 
 
 # --- screening children by a surrogate fitted on the run's own evaluations -----------------
-def test_surrogate_ranks_units_by_their_removal_cost():
-    """On an additive landscape the ridge fit over told masks orders units as their true costs do."""
+@pytest.mark.parametrize("pairs", [True, False])
+def test_surrogate_is_fitted_on_every_told_mask_with_the_pairs_option(pairs):
+    """The searcher's surrogate predicts what a RidgeSurrogate fitted on the told masks predicts
+    (the model itself is tested in test_surrogate.py); none before enough masks are told."""
     c = Constraint.build(16, remove=4)
-    cost = np.random.default_rng(7).uniform(1.0, 10.0, 16)
-    s = GeneticSearch(c, seed=0, race="none")
-    masks, _ = masks_with_fitness(c, [0.0] * 40, np.random.default_rng(2))
-    s.tell(masks, np.array([cost[list(m.removed())].sum() for m in masks]))
-    from scipy.stats import spearmanr
-
-    assert spearmanr(s.surrogate, cost).statistic > 0.9
+    fn = rugged(16, seed=3)
+    s = GeneticSearch(c, seed=0, race="none", pairs=pairs)
+    rng = np.random.default_rng(2)
+    masks, _ = masks_with_fitness(c, [0.0] * 40, rng)
+    s.tell(masks[:7], np.array([fn(m) for m in masks[:7]]))
+    assert s.surrogate is None  # 7 masks: too few to fit 16 units
+    s.tell(masks[7:], np.array([fn(m) for m in masks[7:]]))
+    probe, _ = masks_with_fitness(c, [0.0] * 30, rng)
+    want = RidgeSurrogate(pairs=pairs).fit(masks, [fn(m) for m in masks]).predict(probe)
+    assert np.allclose(s.surrogate.predict(probe), want)
+    assert np.allclose(s.surrogate.predict(probe), want)  # reading it again changes nothing
 
 
 def test_screened_children_are_better_than_unscreened_ones():
@@ -312,36 +319,15 @@ def test_each_generation_jumps_to_the_surrogates_optimum():
     assert best not in first and s.ask()[0] == best
 
 
-@pytest.mark.parametrize("land_seed", [0, 1, 2])
-def test_screening_fit_credits_a_run_of_neighbouring_blocks(land_seed):
-    """Where blocks cost least removed as a run, only pair terms can rank the masks near the run.
-
-    The fit sees what a search sees: random masks and masks a few swaps from the run. It must
-    order other masks near the run (one to three swaps away) as the landscape does.
-    """
-    from scipy.stats import spearmanr
-
-    n, k = 20, 6
-    c = Constraint.build(n, remove=k)
-    fn, run = run_of_blocks(n, k, seed=land_seed)
-    rng = np.random.default_rng(land_seed)
-    best = LayerMask.from_removed(n, run)
-
-    def near(swaps):
-        return c.swap_mutation(best, rng, swaps)
-
-    told = {m.key(): m for m in [c.random_mask(rng) for _ in range(60)] + [near(int(rng.integers(2, 5)))
-                                                                           for _ in range(60)]}
-    told.pop(best.key(), None)
-    masks = list(told.values())
-    probe = [near(int(rng.integers(1, 4))) for _ in range(200)]
-
-    def rank_agreement(pairs):
-        s = GeneticSearch(c, seed=0, race="none", pairs=pairs)
-        s.tell(masks, np.array([fn(m) for m in masks]))
-        assert s.surrogate is not None
-        predicted = [float(s._features(~m.bits) @ s._screen_fit) for m in probe]
-        return spearmanr(predicted, [fn(m) for m in probe]).statistic
-
-    with_pairs, units_only = rank_agreement(True), rank_agreement(False)
-    assert with_pairs > 0.95 and with_pairs > units_only + 0.1
+def test_the_probe_stage_is_single_s():
+    """init=single asks what the single searcher asks first, and seeds from the mask single answers with."""
+    c = Constraint.build(14, remove=4, protect="0")
+    fn = rugged(14, seed=4)
+    g = GeneticSearch(c, seed=3, init="single", race="none")
+    one = SEARCHERS.get("single")(c, seed=3)
+    probes = g.ask()
+    assert probes == one.ask()
+    values = np.array([fn(m) for m in probes])
+    g.tell(probes, values)
+    one.tell(probes, values)
+    assert g.ask()[0] == one.ask()[0]

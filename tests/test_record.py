@@ -212,16 +212,15 @@ def test_two_processes_on_one_study_score_each_mask_once(kind, ck, text_file, tm
 NAN_OBJECTIVE = '''
 import numpy as np
 
-class Broken:
+from dpopt.objectives.base import TextObjective
+
+class Broken(TextObjective):
+    """Takes --tokens and --seq-len as ppl does (the search below sets them), and scores NaN."""
     name = "broken"
     direction = "minimize"
 
     def prepare(self, lm, data):
-        from dpopt.objectives.base import text_stream_batches
-        self._b = text_stream_batches(lm.tokenizer, data.documents, 64, 32, 2)
-
-    def batches(self, fidelity=None):
-        return self._b
+        self._prepare_text(lm, data)
 
     def score(self, logits, batch):
         return np.array([np.nan])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from dpopt import stats
+from dpopt.experiments import pairwise, stats
 from dpopt.errors import UserError
 from dpopt.genome import Constraint, LayerMask
 from dpopt.experiments.report import build_compare_report, build_study_report, prepare_dir
@@ -135,8 +135,8 @@ def test_holm_against_hand_computation():
     # sorted: 0.01*3 = 0.03; 0.03*2 = 0.06; 0.04*1 = 0.04 -> monotone 0.06; 0.5 * 1... (m = 4 here)
     p = [0.04, 0.01, 0.5, 0.03]
     # m = 4: 0.01*4 = 0.04; 0.03*3 = 0.09; 0.04*2 = 0.08 -> 0.09; 0.5*1 = 0.5
-    assert np.allclose(stats.holm(p), [0.09, 0.04, 0.5, 0.09])
-    assert np.allclose(stats.holm([0.6, 0.5]), [1.0, 1.0])
+    assert np.allclose(pairwise.holm(p), [0.09, 0.04, 0.5, 0.09])
+    assert np.allclose(pairwise.holm([0.6, 0.5]), [1.0, 1.0])
 
 
 def test_pairwise_mann_whitney_and_win_rate_match_scipy():
@@ -144,7 +144,7 @@ def test_pairwise_mann_whitney_and_win_rate_match_scipy():
     runs = [Run(a, s, "ok", "", (s,), v, 1.0, []) for a, vs in vals.items() for s, v in enumerate(vs)]
     runs.append(Run("c", 7, "failed", "boom", (), math.nan, 1.0, []))  # must not enter any test
     exp = Experiment("ppl", "minimize", 10, runs)
-    pairs = stats.pairwise_tests(exp)
+    pairs = pairwise.pairwise_tests(exp)
     assert [(p.a, p.b) for p in pairs] == [("a", "b"), ("a", "c"), ("b", "c")]
     raw = [sps.mannwhitneyu(vals[p.a], vals[p.b], alternative="two-sided") for p in pairs]
     for p, r in zip(pairs, raw):
@@ -159,11 +159,11 @@ def test_pairwise_mann_whitney_and_win_rate_match_scipy():
         running = max(running, min(1.0, (m - rank) * raw[i].pvalue))
         expect[i] = running
     assert [p.p_holm for p in pairs] == pytest.approx([expect[i] for i in range(3)])
-    w = stats.win_matrix(exp)
+    w = pairwise.win_matrix(exp)
     assert w[0, 1] == pytest.approx(pairs[0].win_rate) and w[1, 0] == pytest.approx(1 - pairs[0].win_rate)
     # maximising flips who wins
     exp_max = Experiment("acc", "maximize", 10, runs)
-    assert stats.win_matrix(exp_max)[0, 1] == pytest.approx(1 - w[0, 1])
+    assert pairwise.win_matrix(exp_max)[0, 1] == pytest.approx(1 - w[0, 1])
 
 
 def test_block_frequency_and_jaccard_by_hand():

@@ -33,6 +33,42 @@ def test_interrupt_returns_best_so_far():
     assert res.fitness == sum(res.best.removed()) == min(scored[:20 - 20 % 4])
 
 
+
+class SizeCost:
+    name = "size"
+
+    def values(self, masks):
+        return [float(len(m.removed())) for m in masks]
+
+
+class RacedRandom(SEARCHERS.get("random")):
+    """Random search (multi-objective) whose batches are raced, the last stage at ``last``."""
+
+    def __init__(self, constraint, seed=0, last=None):
+        super().__init__(constraint, seed, batch_size=6)
+        self.race_schedule = [(1, 3), (last, 2)]
+        self.told = []
+
+    def _tell(self, masks, fitness):
+        self.told += list(masks)
+
+
+@pytest.mark.parametrize("last", [None, 2])
+def test_pareto_front_holds_only_masks_scored_in_full(last):
+    """A raced stage's value is not final: only masks told at full fidelity enter the front."""
+
+    class Batches(FunctionEvaluator):
+        def fidelities(self):
+            return [1, 2, 4]
+
+    ev = Batches(lambda m: float(sum(m.removed())))
+    ev.costs = [SizeCost()]
+    searcher = RacedRandom(Constraint(8, 2, k_max=4), last=last)
+    result = run_search(searcher, ev, Budget(evaluations=30))
+    evaluated = [m for m, _ in result.extra["evaluated"]]
+    assert evaluated == (list(dict.fromkeys(searcher.told)) if last is None else [])
+    assert len(searcher.told) == 10 and all(m in evaluated for m, _ in result.extra["front"])
+
 USER_OBJECTIVE = '''
 import numpy as np
 

@@ -86,7 +86,7 @@ def run(name, constraint, fn, budget, seed=0, **options):
 
 
 # one-shot baselines that need the dense model's block statistics cannot run without a model
-ALL = [n for n in SEARCHERS.names() if not getattr(SEARCHERS.get(n), "needs_block_stats", False)]
+ALL = [n for n in SEARCHERS.names() if not SEARCHERS.get(n).needs_block_stats]
 # stepwise searchers need their whole path to reach K removed; cut only their last batch
 STEPWISE_BUDGET = {"greedy": 49, "greedy-add": 94, "beam": 139, "single": 15}
 
@@ -269,12 +269,50 @@ def test_anneal_max_steps_makes_it_done(constraint, objective):
     assert s.done and s.steps >= 40 and result.evaluations <= 48 + 8
 
 
+def test_anneal_restarts_after_patience_batches_without_a_new_best(constraint, objective):
+    """The restart counts batches whose tell did not lower the best (the base's ``improved``)."""
+    fn, _ = objective
+    s = SEARCHERS.get("anneal")(constraint, seed=0, batch_size=4, patience=2)
+    bests, tell = [], s.tell
+
+    def spy(masks, fitness):
+        tell(masks, fitness)
+        bests.append(s.best[1])
+
+    s.tell = spy
+    run_search(s, RecordingEvaluator(fn), Budget(evaluations=120))
+    expected = streak = 0
+    for before, after in zip(bests, bests[1:]):  # the first batch only picks the start
+        streak = 0 if after < before else streak + 1
+        if streak >= 2:
+            expected, streak = expected + 1, 0
+    assert s.restarts == expected > 0
+
+
 def test_cma_restarts_then_done():
+    """A restart starts CMA-ES again with a larger population: the batch size shows each run."""
     c = Constraint.build(6, remove=2)  # 15 masks
     fn = make_objective(6)
-    s, ev, result = run("cma", c, fn, None, restarts=1)
-    assert s.done and s._runs == 1  # stopped once, restarted once, stopped again
-    assert result.best == brute_force(c, fn)[0]
+
+    def batch_sizes(restarts):
+        s = SEARCHERS.get("cma")(c, seed=0, restarts=restarts)
+        sizes, ask = [], s.ask
+
+        def spy():
+            batch = ask()
+            sizes.append(len(batch))
+            return batch
+
+        s.ask = spy
+        result = run_search(s, RecordingEvaluator(fn), Budget(evaluations=None))
+        assert s.done and result.best == brute_force(c, fn)[0]
+        return sizes
+
+    never, once = batch_sizes(0), batch_sizes(1)
+    assert len(set(never)) == 1  # stopped once, done
+    # stopped once, restarted once with a larger population, stopped again
+    runs = [size for i, size in enumerate(once) if i == 0 or size != once[i - 1]]
+    assert len(runs) == 2 and runs[0] == never[0] < runs[1]
 
 
 def test_unknown_searcher_is_user_error():

@@ -3,8 +3,8 @@
 ``params`` is counted from the units' weights; ``latency`` (:mod:`dpopt.costs.latency`) is
 measured on the device. Each is one entry of the ``COSTS`` registry.
 """
-from .base import COSTS, CachedCost, Cost, ParamsCost, make_costs, model_params, register_cost, unit_params
+from .base import COSTS, CachedCost, Cost, ParamsCost, check_cost_options, make_costs, model_params, register_cost, unit_params
 from . import latency  # noqa: E402,F401  (registers the measured latency cost)
 
-__all__ = ["COSTS", "CachedCost", "Cost", "ParamsCost", "make_costs", "model_params", "register_cost",
+__all__ = ["COSTS", "CachedCost", "Cost", "ParamsCost", "check_cost_options", "make_costs", "model_params", "register_cost",
            "unit_params"]

@@ -23,10 +23,12 @@ class Cost(Protocol):
     ``settings()``: what decides a value, hashed into the study's fingerprint.
     ``seed(values)``: values already recorded for masks (a resumed study), not re-measured.
     ``noise()``: measurement noise to report (None for an exact count).
+    ``OPTIONS``: the ``--cost-option`` names its factory takes.
     """
 
     name: str
     unit: str
+    OPTIONS: tuple[str, ...]
 
     def values(self, masks: Sequence[LayerMask]) -> list[float]: ...
 
@@ -46,6 +48,7 @@ class CachedCost:
 
     name = ""
     unit = ""
+    OPTIONS: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.cache: dict[bytes, float] = {}
@@ -113,9 +116,18 @@ def make_costs(lm, space: UnitSpace, names: Sequence[str] | str | None, **option
         names = [n.strip() for n in names.split(",") if n.strip()]
     if len(set(names)) != len(names):
         raise UserError(f"--minimize names a cost twice: {','.join(names)}")
+    check_cost_options(names, options)
     out = []
     for name in names:
         factory = COSTS.get(name)
-        own = {k: v for k, v in options.items() if k in getattr(factory, "OPTIONS", ())}
-        out.append(factory(lm, space, **own))
+        out.append(factory(lm, space, **{k: v for k, v in options.items() if k in factory.OPTIONS}))
     return out
+
+
+def check_cost_options(names: Sequence[str], options: dict) -> None:
+    """Every ``--cost-option`` must be taken by a cost the run minimises or caps: never dropped."""
+    taken = {k for name in names for k in COSTS.get(name).OPTIONS}
+    for key in options:
+        if key not in taken:
+            raise UserError(f"--cost-option {key}: no cost of this run takes it"
+                            f" ({', '.join(sorted(taken)) or 'they take none'}; costs: {', '.join(names) or 'none'})")

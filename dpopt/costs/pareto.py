@@ -104,7 +104,7 @@ def point_units(path: str | os.PathLike, point: int | None) -> tuple[list[str], 
         doc = json.loads(p.read_text())
     except FileNotFoundError:
         raise UserError(f"--from-result {path}: no such file") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"--from-result {path} is not a dpopt result file ({exc.__class__.__name__})") from None
     points = doc.get("points") if isinstance(doc, dict) else None
     if points is None and isinstance(doc, dict) and isinstance(doc.get("pareto"), dict):
@@ -117,7 +117,15 @@ def point_units(path: str | os.PathLike, point: int | None) -> tuple[list[str], 
                             f"--point 0..{len(points) - 1}")
         if not 0 <= point < len(points):
             raise UserError(f"--point {point} is out of range: {path} has points 0..{len(points) - 1}")
-        return list(points[point]["removed_units"]), doc
+        entry = points[point] if isinstance(points[point], dict) else {}
+        return _unit_list(entry.get("removed_units"), path), doc
     if not isinstance(doc, dict) or "removed_units" not in doc:
         raise UserError(f"--from-result {path} is not a dpopt result file (no removed_units)")
-    return list(doc["removed_units"]), doc
+    return _unit_list(doc["removed_units"], path), doc
+
+
+def _unit_list(units, path) -> list[str]:
+    """A result file's ``removed_units``: a list of unit names (``block.3``, ``attn.7``) or block indices."""
+    if not isinstance(units, list) or not all(isinstance(u, (str, int)) and not isinstance(u, bool) for u in units):
+        raise UserError(f"--from-result {path}: removed_units must be a list of unit names, got {units!r:.60}")
+    return [str(u) for u in units]

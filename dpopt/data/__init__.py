@@ -34,6 +34,7 @@ letter, so they are scored on the answer texts).
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -121,6 +122,26 @@ def _load_full(spec: str) -> TextData | MCData:
     if spec in DATASETS:
         return DATASETS.get(spec).load()
     return _load_path(spec)
+
+
+def check_data_ref(spec: str, flag: str = "--data") -> None:
+    """Refuse a data reference that names nothing readable, before any model loads."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError(f"{flag} names no data set")
+    spec = spec.strip()
+    if spec.startswith("hf:") or spec in DATASETS:
+        return
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return
+    if path.suffix.lower() not in (".txt", ".jsonl"):
+        raise UserError(_unknown_message(spec) if not path.exists() else f"data file {path} is neither .txt nor .jsonl")
+    if not path.is_file():
+        raise UserError(f"data file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise UserError(f"data file {path} is empty")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"data file {path} is not readable")
 
 
 def load_data(spec: str, split: str = "calib", seed: int = DEFAULT_DATA_SEED) -> TextData | MCData:

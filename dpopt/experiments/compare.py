@@ -1,6 +1,6 @@
 """``dpopt compare`` and ``dpopt study``: a grid of (searcher, seed) runs on one shared evaluator.
 
-Every run is its own Optuna study (``<prefix>-<algo>-seed<S>``) in one storage, so each run
+Every run is its own Optuna study (``<model>-<objective>-<algo>-k<K>-seed<S>-<fingerprint>``) in one storage, so each run
 can be inspected, resumed and re-read on its own; yet all runs of an objective score through
 ONE evaluator, whose memo makes a mask scored for one searcher free for the next (the record
 copies it into the later run's study with ``computed: false``). A searcher's budget still
@@ -14,12 +14,14 @@ import math
 import time
 from dataclasses import dataclass, field
 from itertools import combinations
-from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import UserError
+from ..fitness import from_minimize, to_minimize
+from ..problem import problem_for
+from ..record.study import open_record, study_name
 from ..genome import Constraint, LayerMask
 from .stats import Evaluation, Experiment, RankMatrix, Reference, Run, Score
 
@@ -40,25 +42,10 @@ def parse_names(text: str | Sequence[str], flag: str) -> list[str]:
 
 def check_grid(algos: Sequence[str], seeds: int, budget: int | None, report: str | None = None,
                overwrite: bool = False, storage: str | None = None) -> None:
-    """Every user mistake the grid can detect without a model: fail fast, one line each."""
-    from ..optim import SEARCHERS
-    from ..record.storage import DEFAULT_STORAGE, check_storage_writable
+    """Every user mistake the grid can detect without a model (:meth:`dpopt.problem.GridPlan.validate`)."""
+    from ..problem import GridPlan
 
-    for name in algos:  # each name checked before any run starts
-        SEARCHERS.get(name)
-    if seeds is None or seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {seeds}")
-    if budget is not None and budget < 1:
-        raise UserError(f"--budget must be a positive number of evaluations, got {budget}")
-    if storage == "none":
-        raise UserError("compare and study read their runs back from the study storage; --storage none is not allowed")
-    check_storage_writable(storage or DEFAULT_STORAGE)
-    if report is not None:
-        path = Path(report)
-        if path.exists() and not path.is_dir():
-            raise UserError(f"report folder {report!r} is a file")
-        if path.is_dir() and any(path.iterdir()) and not overwrite:
-            raise UserError(f"report folder {report!r} exists and is not empty; use --overwrite or another folder")
+    GridPlan(list(algos), seeds, budget, report, overwrite, storage).validate()
 
 
 # --- one grid --------------------------------------------------------------------------------------
@@ -89,27 +76,6 @@ class Grid:
         if self.reference_note:
             out["reference"] = self.reference_note
         return out
-
-
-def study_prefix(model: str, objective: str, k: int, fingerprint_short: str) -> str:
-    return f"{Path(str(model)).name}-{objective}-k{k}-{fingerprint_short}"
-
-
-def _fingerprint(evaluator):
-    from ..record.fingerprint import Fingerprint
-
-    fp = getattr(evaluator, "fingerprint", None)
-    return fp if fp is not None else Fingerprint({"evaluator": type(evaluator).__name__,
-                                                  "objective": getattr(evaluator, "name", "synthetic")})
-
-
-def open_run_record(storage: str, study: str, evaluator, metric: str, n_units: int, algo: str, seed: int,
-                    extra: dict | None = None):
-    """The study one (algo, seed) run records into (what ``api.open_record`` does, without a model)."""
-    from ..record.study import RunInfo, StudyRecord
-
-    return StudyRecord(storage, study, _fingerprint(evaluator), metric, evaluator.direction,
-                       [f"{i:02d}" for i in range(n_units)], RunInfo(algo=algo, seed=seed, extra=dict(extra or {})))
 
 
 def trace_of(record, constraint: Constraint) -> list[Evaluation]:
@@ -149,29 +115,27 @@ def run_grid(evaluator, constraint: Constraint, algos: Sequence[str], seeds: int
     marked failed and the grid goes on; KeyboardInterrupt stops the grid (what was scored
     stays in the studies, and the same command resumes).
     """
-    from ..api import make_searcher
-    from ..optim import Budget, run_search
+    from ..optim import Budget, make_searcher, run_search
 
-    n0, u0 = evaluator.n_scored, getattr(evaluator, "units_scored", None)
+    n0, u0 = evaluator.n_scored, evaluator.units_scored
     start = time.perf_counter()
     runs: list[Run] = []
     studies: dict[tuple[str, int], str] = {}
     masks: dict[tuple[str, int], LayerMask] = {}
     total_evals = 0
-    sign = 1.0 if evaluator.direction == "minimize" else -1.0
     bar = _grid_bar(len(algos) * seeds, metric, progress)
     try:
         for algo in algos:
             for seed in range(seeds):
-                name = f"{prefix}-{algo}-seed{seed}"
+                name = study_name(prefix, evaluator, algo, f"k{constraint.k}", seed)
                 studies[(algo, seed)] = name
                 if bar is not None:
                     bar.set_postfix_str(f"{algo} seed {seed}")
                 t0 = time.perf_counter()
                 record = None
                 try:
-                    record = open_run_record(storage, name, evaluator, metric, constraint.n_units, algo, seed,
-                                             dict(k=constraint.k, **(extra or {})))
+                    record = open_record(evaluator, storage, name, algo, seed, constraint.n_units,
+                                         extra=dict(k=constraint.k, **(extra or {})))
                     searcher = make_searcher(algo, constraint, evaluator, seed, (algo_options or {}).get(algo))
                     with evaluator.recording(record):
                         res = run_search(searcher, evaluator, Budget(budget, seconds), record)
@@ -179,7 +143,8 @@ def run_grid(evaluator, constraint: Constraint, algos: Sequence[str], seeds: int
                         raise KeyboardInterrupt
                     total_evals += res.evaluations
                     masks[(algo, seed)] = res.best
-                    runs.append(Run(algo, seed, "ok", "", tuple(res.best.removed()), sign * res.fitness,
+                    runs.append(Run(algo, seed, "ok", "", tuple(res.best.removed()),
+                                    from_minimize(res.fitness, evaluator.direction),
                                     time.perf_counter() - t0, trace_of(record, constraint)))
                 except KeyboardInterrupt:
                     raise
@@ -211,7 +176,7 @@ def _reference(grid: Grid, evaluator, budget: int | None, brute_force: bool | No
     """Brute force when the space is no bigger than one run's budget (or asked for); else best found.
 
     It runs after the grid, so the grid's cost above is the searchers' alone; its masks are
-    recorded in their own study, ``<prefix>-bruteforce``.
+    recorded in their own study, named for the searcher ``bruteforce``.
     """
     c = grid.constraint
     size = space_size(c)
@@ -222,7 +187,8 @@ def _reference(grid: Grid, evaluator, budget: int | None, brute_force: bool | No
     if size > BRUTE_FORCE_LIMIT:
         raise UserError(f"--brute-force over {size} masks is too many (limit {BRUTE_FORCE_LIMIT}); lower --remove")
     n0 = evaluator.n_scored
-    record = open_run_record(storage, f"{prefix}-bruteforce", evaluator, metric, c.n_units, "bruteforce", 0)
+    record = open_record(evaluator, storage, study_name(prefix, evaluator, "bruteforce", f"k{c.k}", 0), "bruteforce", 0,
+                         c.n_units)
     best_mask, best = None, math.inf
     with evaluator.recording(record):
         combos = combinations(c.removable, c.k)
@@ -237,7 +203,7 @@ def _reference(grid: Grid, evaluator, budget: int | None, brute_force: bool | No
     if best_mask is None or not math.isfinite(best):
         grid.reference_note = "brute force found no finite value"
         return
-    raw = best if evaluator.direction == "minimize" else -best
+    raw = from_minimize(best, evaluator.direction)
     grid.experiment.reference = Reference(raw, tuple(best_mask.removed()), exact=True)
     grid.reference_cost = evaluator.n_scored - n0
     grid.reference_note = (f"brute-force optimum over all {size} masks ({grid.reference_cost} more masks computed "
@@ -275,11 +241,10 @@ def heldout_score(evaluator, mask: LayerMask) -> Score:
 def best_mask_per_algo(grid: Grid) -> dict[str, LayerMask]:
     """Each searcher's best final mask over its seeds (by the grid's own objective)."""
     out: dict[str, tuple[float, LayerMask]] = {}
-    sign = 1.0 if grid.experiment.direction == "minimize" else -1.0
     for run in grid.experiment.runs:
         if not run.ok:
             continue
-        s = sign * run.value
+        s = to_minimize(run.value, grid.experiment.direction)
         if run.algo not in out or s < out[run.algo][0]:
             out[run.algo] = (s, grid.masks[(run.algo, run.seed)])
     return {a: m for a, (_, m) in out.items()}
@@ -325,7 +290,6 @@ def compare(lm, objective: str = "ppl", algos: str | Sequence[str] = "greedy,ran
     ``heldout``: objectives each searcher's best mask is re-scored on, on the held-out
     (``eval``) split; ``brute_force``: None = enumerate the space when it fits in ``budget``.
     """
-    from .. import api
     from ..data import DEFAULT_DATA_SEED
     from ..record.storage import DEFAULT_STORAGE
 
@@ -336,9 +300,10 @@ def compare(lm, objective: str = "ppl", algos: str | Sequence[str] = "greedy,ran
     data_seed = DEFAULT_DATA_SEED if data_seed is None else data_seed
     opts = _objective_options(objective_options)
     ev_opts = dict(evaluator_options or {})
-    ev = api.make_evaluator(lm, objective, data=data, tasks=tasks, split="calib", data_seed=data_seed, **ev_opts, **opts)
+    ev = problem_for(lm, objective, data=data, tasks=tasks, split="calib", data_seed=data_seed, shared_options=True,
+                     **ev_opts, **opts).build(lm)
     constraint = Constraint.build(lm.n_blocks, remove=remove, protect=protect)
-    prefix = study_prefix(lm.source, ev.objective.name, constraint.k, ev.fingerprint.short)
+    prefix = lm.source
     grid = run_grid(ev, constraint, algos, seeds, budget, storage, prefix, ev.objective.name, seconds=seconds,
                     algo_options=algo_options, brute_force=brute_force, progress=progress,
                     extra=dict(model=lm.source))
@@ -346,7 +311,7 @@ def compare(lm, objective: str = "ppl", algos: str | Sequence[str] = "greedy,ran
                       ev_opts, opts)
     cost = grid.cost()
     cost["storage"] = storage
-    cost["studies"] = f"{prefix}-<algo>-seed<S>"
+    cost["studies"] = study_name(prefix, ev, "<algo>", f"k{constraint.k}", "<S>")
     if scores:
         cost["note"] = SE_NOTE
     numbers = {}
@@ -365,7 +330,6 @@ def _build_compare(exp, report, scores, cost):
 def _heldout(lm, masks: Mapping[str, LayerMask], objectives: Sequence[str], data, tasks, data_seed, ev_opts,
              opts, dense: bool = True) -> dict[str, dict[str, Score]]:
     """Score each mask on each objective's held-out split; the dense model as a row of its own."""
-    from .. import api
 
     if not objectives or not masks:
         return {}
@@ -373,8 +337,8 @@ def _heldout(lm, masks: Mapping[str, LayerMask], objectives: Sequence[str], data
     if dense:
         rows["dense (no removal)"] = {}
     for spec in objectives:
-        ev = api.make_evaluator(lm, spec, data=data, tasks=tasks, split="eval", data_seed=data_seed, **ev_opts,
-                                **opts)
+        ev = problem_for(lm, spec, data=data, tasks=tasks, split="eval", data_seed=data_seed, shared_options=True,
+                     **ev_opts, **opts).build(lm)
         for name, mask in masks.items():
             rows[name][ev.objective.name] = heldout_score(ev, mask)
         if dense:
@@ -391,7 +355,6 @@ def study(lm, objectives: str | Sequence[str] = ("ppl", "kl"), algos: str | Sequ
           evaluator_options: dict | None = None, n_boot: int = 1000, **objective_options) -> StudyResult:
     """Does the objective matter more than the searcher? The compare grid per objective, then
     rank correlations over one common set of masks and every best mask on every held-out split."""
-    from .. import api
     from ..data import DEFAULT_DATA_SEED
     from ..record.storage import DEFAULT_STORAGE
 
@@ -409,11 +372,10 @@ def study(lm, objectives: str | Sequence[str] = ("ppl", "kl"), algos: str | Sequ
     constraint = Constraint.build(lm.n_blocks, remove=remove, protect=protect)
     evaluators, grids = {}, {}
     for spec in objs:
-        ev = api.make_evaluator(lm, spec, data=data, tasks=tasks, split="calib", data_seed=data_seed, **ev_opts,
-                                **opts)
+        ev = problem_for(lm, spec, data=data, tasks=tasks, split="calib", data_seed=data_seed, shared_options=True,
+                     **ev_opts, **opts).build(lm)
         name = ev.objective.name
-        prefix = study_prefix(lm.source, name, constraint.k, ev.fingerprint.short)
-        grids[name] = run_grid(ev, constraint, algos, seeds, budget, storage, prefix, name, seconds=seconds,
+        grids[name] = run_grid(ev, constraint, algos, seeds, budget, storage, lm.source, name, seconds=seconds,
                                algo_options=algo_options, brute_force=brute_force, progress=progress,
                                extra=dict(model=lm.source))
         evaluators[name] = ev
@@ -468,6 +430,6 @@ def rank_matrix(evaluators: Mapping[str, object], grids: Mapping[str, Grid], con
     for j, name in enumerate(names):
         ev = evaluators[name]
         fit = ev.evaluate(masks)
-        values[:, j] = fit if ev.direction == "minimize" else -fit
+        values[:, j] = from_minimize(fit, ev.direction)
         values[~np.isfinite(fit), j] = np.nan
     return RankMatrix(names, [evaluators[n].direction for n in names], values, [tuple(m.removed()) for m in masks])

@@ -30,9 +30,10 @@ import numpy as np
 from ..errors import UserError
 from .stats import (  # noqa: F401  (re-exported: the integrator imports the input model from here)
     Evaluation, Experiment, RankMatrix, Reference, Run, Score, anytime_curve, as_score, best_reference,
-    best_so_far, ecdf, headline, indistinguishable, jaccard_matrix, objective_vs_searcher, pairwise_tests,
-    rank_correlations, removal_frequency, summary_table, win_matrix,
+    best_so_far, ecdf, headline, indistinguishable, jaccard_matrix, objective_vs_searcher,
+    rank_correlations, removal_frequency, summary_table,
 )
+from .pairwise import pairwise_tests, win_matrix
 
 # held-out input: {searcher: {objective: value | (value, standard error) | Score}}
 Heldout = Mapping[str, Mapping[str, object]]

@@ -6,13 +6,13 @@ a user can cause becomes a one-line :class:`UserError`.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, one_line as _one_line
 from .export import strip_quantization
+from .gguf_io import load_gguf
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,24 +37,6 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder, name = str(path.parent), path.name
-    try:
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    except Exception as exc:  # the gguf reader raises many kinds on a bad file
-        raise UserError(f"cannot load GGUF file {path}: {_one_line(exc)}") from None
-    strip_quantization(model)
-    return model, tok
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
-
-
 def _folder_tokenizer(path: Path, model):
     """The folder's tokenizer; for a bare random-init checkpoint, a byte-level stand-in.
 
@@ -76,6 +58,29 @@ def _folder_tokenizer(path: Path, model):
 
         print(f"dpopt: {path} has no tokenizer; using a byte-level one (token ids 0..256)", file=sys.stderr)
         return tiny_tokenizer()
+
+
+def check_model_ref(spec: str) -> None:
+    """Refuse a ``--model`` that names nothing loadable, before anything loads (what
+    :func:`load_model` would refuse first, without reading weights)."""
+    from .zoo import ZOO
+
+    path = Path(spec).expanduser()
+    if spec in ZOO:
+        return
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise UserError(f"--model {spec}: a file must be a .gguf model")
+        return
+    if path.is_dir():
+        if not (path / "config.json").exists() and len(list(path.glob("*.gguf"))) != 1:
+            raise UserError(f"--model {spec}: folder has no config.json (nor a single .gguf)")
+        return
+    if "/" in spec and not spec.startswith((".", "/", "~")):
+        return  # a hub id: only the local cache can tell, at load
+    raise UserError(
+        f"unknown model {spec!r}: give a zoo name ({', '.join(ZOO.names())}), a checkpoint folder, a .gguf file or a cached hub id"
+    )
 
 
 def load_model(spec: str, device: str = "auto", dtype: str = "float32"):

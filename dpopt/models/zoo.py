@@ -63,7 +63,7 @@ class ZooModel:
         folder = cache_dir("models") / self.name
         if (folder / "config.json").exists():
             return folder
-        from .loading import load_gguf  # heavy import, only on first conversion
+        from .gguf_io import load_gguf  # heavy import, only on first conversion
 
         gguf = self.gguf_path()
         model, tok = load_gguf(gguf)

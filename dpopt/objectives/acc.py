@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .base import Batch, check_sizes, leading_bos, register_objective, take_fidelity
+from .base import Batch, ObjectiveBase, leading_bos, register_objective, take_fidelity
+from .options import Option
 
 
 def pack_question(tokenizer, context: str, choices: list[str]) -> tuple[list[int], list[int], list[tuple[int, int]], list[int]]:
@@ -51,16 +52,22 @@ def tree_mask(n_ctx: int, spans: list[tuple[int, int]], length: int) -> torch.Te
 
 
 @register_objective("acc", "accuracy")
-class Accuracy:
+class Accuracy(ObjectiveBase):
     name = "acc"
     data_kind = "mc"
     direction = "maximize"
+    OPTIONS = {
+        "questions": Option(int, 256, "questions scored", minimum=1),
+        "batch_size": Option(int, 8, "questions per batch", minimum=1),
+        "metric": Option(str, "acc", "acc, or acc_norm (per character)", choices=("acc", "acc_norm"),
+                         flag="--acc-metric"),
+    }
+    questions: int
+    batch_size: int
+    metric: str
 
-    def __init__(self, questions: int = 256, batch_size: int = 8, metric: str = "acc", **_):
-        if metric not in ("acc", "acc_norm"):
-            raise UserError(f"--acc-metric must be acc or acc_norm (got {metric!r})")
-        check_sizes(questions=questions, batch_size=batch_size)
-        self.questions, self.batch_size, self.metric = questions, batch_size, metric
+    def __init__(self, **options):
+        super().__init__(**options)
         self._batches: list[Batch] = []
 
     def prepare(self, lm, data) -> None:
@@ -107,9 +114,6 @@ class Accuracy:
             correct += float(np.argmax(ll) == gold)
             correct_norm += float(np.argmax(ll / np.maximum(chars, 1)) == gold)
         return np.array([correct, correct_norm, len(batch.extra["gold"])], dtype=np.float64)
-
-    def settings(self) -> dict:
-        return {"questions": self.questions, "batch_size": self.batch_size, "metric": self.metric}
 
     def finish(self, partials) -> float:
         acc, acc_norm = self.report(partials).values()

@@ -9,13 +9,14 @@ scoring only the batches it has not seen.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, ClassVar, Iterable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
 
 from ..errors import UserError
 from ..registry import Registry
+from .options import Option, with_defaults
 
 
 @dataclass
@@ -64,8 +65,23 @@ class Batch:
 
 @runtime_checkable
 class Objective(Protocol):
+    """What the evaluator and the search read of an objective.
+
+    ``data_kind``: ``"text"`` or ``"mc"`` (multiple-choice), which data set it is handed;
+    ``wants_data``: False for one that brings its own; ``rows_additive`` and
+    ``positions_additive``: its partials add over a batch's sequences or positions (see
+    :class:`TextObjective`). ``OPTIONS``: what it accepts (:mod:`.options`).
+    :class:`ObjectiveBase` gives each a default; a user's class that does not subclass it
+    is wrapped in :class:`UserObjective`, which does.
+    """
+
     name: str
     direction: Literal["minimize", "maximize"]
+    data_kind: Literal["text", "mc"]
+    wants_data: bool
+    rows_additive: bool
+    positions_additive: bool
+    OPTIONS: ClassVar[Mapping[str, Option]]
 
     def prepare(self, lm, data) -> None: ...
 
@@ -84,37 +100,81 @@ class Objective(Protocol):
         ...
 
 
+class ObjectiveBase:
+    """The protocol's defaults, and options set from ``OPTIONS`` (checked, defaults filled in)."""
+
+    name = ""
+    direction: Literal["minimize", "maximize"] = "minimize"
+    data_kind: Literal["text", "mc"] = "text"
+    wants_data = True
+    rows_additive = False
+    positions_additive = False
+    OPTIONS: ClassVar[Mapping[str, Option]] = {}
+
+    def __init__(self, **options: Any):
+        self.options = with_defaults(self.OPTIONS, options, self.name)
+        for key, value in self.options.items():
+            setattr(self, key, value)
+
+    def settings(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    def report(self, partials: Sequence[Any]) -> dict[str, float]:
+        return {self.name: float(self.finish(partials))}
+
+
 OBJECTIVES: Registry[type] = Registry("objective")
 register_objective = OBJECTIVES.register
 
 REQUIRED = ("prepare", "batches", "score", "finish")
+CAPABILITIES = ("data_kind", "wants_data", "rows_additive", "positions_additive", "OPTIONS")
 
 
-def check_objective(obj: Any, spec: str) -> Any:
+def declared(obj: Any, capability: str) -> Any:
+    """A capability of a user's class or object, the base's default where it declares none.
+
+    The one place a capability is looked up by name: a user's class need not subclass
+    :class:`ObjectiveBase`, so it may leave any of them out.
+    """
+    assert capability in CAPABILITIES, capability
+    return getattr(obj, capability, getattr(ObjectiveBase, capability))
+
+
+def check_objective(obj: Any, spec: str, options: Mapping[str, Any] | None = None) -> Any:
     """Fail with one clear line when a user's class does not meet the protocol.
 
-    A user's class needs only the four methods; one without ``settings``/``report`` is
-    wrapped in :class:`UserObjective`, which supplies them.
+    A user's class needs only the four methods, ``name`` and ``direction``; one that does
+    not subclass :class:`ObjectiveBase` is wrapped in :class:`UserObjective`, which supplies
+    the rest. ``options``: what it was built with, for its fingerprint.
     """
+    if isinstance(obj, ObjectiveBase):
+        return obj
     missing = [m for m in REQUIRED if not callable(getattr(obj, m, None))]
     if missing or not isinstance(getattr(obj, "name", None), str):
         what = ", ".join(missing) if missing else "a string attribute 'name'"
         raise UserError(f"objective {spec!r} does not meet the Objective protocol: missing {what}")
     if getattr(obj, "direction", None) not in ("minimize", "maximize"):
         raise UserError(f"objective {spec!r} must declare direction 'minimize' or 'maximize'")
-    if callable(getattr(obj, "settings", None)) and callable(getattr(obj, "report", None)):
-        return obj
-    return UserObjective(obj, spec)
+    return UserObjective(obj, spec, options or {})
 
 
-class UserObjective:
-    """Adapter giving a four-method user objective the protocol's optional parts."""
+class UserObjective(ObjectiveBase):
+    """Adapter giving a user's objective the protocol's optional parts.
 
-    def __init__(self, inner: Any, spec: str):
-        self.inner, self.spec = inner, spec
+    Its own ``settings``/``report`` are used where it has them; its capabilities are read
+    once here, so nothing past this adapter asks an objective what it declares.
+    """
+
+    def __init__(self, inner: Any, spec: str, options: Mapping[str, Any] | None = None):
+        self.inner, self.spec, self.options = inner, spec, dict(options or {})
         self.name, self.direction = inner.name, inner.direction
-        self.rows_additive = bool(getattr(inner, "rows_additive", False))
-        self.positions_additive = bool(getattr(inner, "positions_additive", False))
+        self.data_kind = declared(inner, "data_kind")
+        self.wants_data = bool(declared(inner, "wants_data"))
+        self.rows_additive = bool(declared(inner, "rows_additive"))
+        self.positions_additive = bool(declared(inner, "positions_additive"))
+        self.OPTIONS = declared(inner, "OPTIONS")
+        self._settings = getattr(inner, "settings", None)
+        self._report = getattr(inner, "report", None)
 
     def prepare(self, lm, data) -> None:
         self.inner.prepare(lm, data)
@@ -129,17 +189,14 @@ class UserObjective:
         return self.inner.finish(partials)
 
     def settings(self) -> dict[str, Any]:
-        return {"class": self.spec}
+        if callable(self._settings):
+            return self._settings()
+        return {"class": self.spec, **self.options}
 
     def report(self, partials) -> dict[str, float]:
+        if callable(self._report):
+            return self._report(partials)
         return {self.name: float(self.finish(partials))}
-
-
-def check_sizes(**sizes: int | None) -> None:
-    """Calibration sizes come from the command line: zero or negative is a user mistake."""
-    for name, value in sizes.items():
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
 
 
 def check_seq_len(lm, seq_len: int) -> None:
@@ -157,8 +214,8 @@ def check_seq_len(lm, seq_len: int) -> None:
           "its scores there mean little", file=sys.stderr)
 
 
-class TextObjective:
-    """What ppl and kl share: calibration sizes, their check, and the protocol's optional parts.
+class TextObjective(ObjectiveBase):
+    """What ppl and kl share: calibration sizes and the protocol's optional parts.
 
     ``rows_additive``: scoring a batch's sequences in parts and adding the partials gives
     the whole batch's partial. The evaluator then computes the head a few sequences at a
@@ -173,10 +230,17 @@ class TextObjective:
     name = "text"
     rows_additive = True
     positions_additive = True
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        "tokens": Option(int, 4096, "calibration tokens scored", minimum=1),
+        "seq_len": Option(int, 512, "tokens per sequence", minimum=1),
+        "batch_size": Option(int, 2, "sequences per batch", minimum=1),
+    }
+    tokens: int
+    seq_len: int
+    batch_size: int
 
-    def __init__(self, tokens: int = 4096, seq_len: int = 512, batch_size: int = 2):
-        check_sizes(tokens=tokens, seq_len=seq_len, batch_size=batch_size)
-        self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
+    def __init__(self, **options: Any):
+        super().__init__(**options)
         self._batches: list[Batch] = []
 
     def _prepare_text(self, lm, data) -> None:
@@ -186,12 +250,6 @@ class TextObjective:
 
     def batches(self, fidelity: int | None = None):
         return take_fidelity(self._batches, fidelity)
-
-    def settings(self) -> dict[str, Any]:
-        return {"tokens": self.tokens, "seq_len": self.seq_len, "batch_size": self.batch_size}
-
-    def report(self, partials) -> dict[str, float]:
-        return {self.name: float(self.finish(partials))}
 
 
 def row_chunks(n_rows: int, row_bytes: int, budget_bytes: int) -> list[tuple[int, int]]:

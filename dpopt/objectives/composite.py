@@ -3,15 +3,20 @@
 ``ppl:0.5,acc:0.5`` scores ``0.5 * ppl/ppl_dense + 0.5 * (1 + (acc_dense - acc)/acc_dense)``:
 every term is 1 for the dense model and grows as the pruned model gets worse, so terms
 with different units and directions add up meaningfully. The result is minimised.
+Each term is ``1 + (loss - loss_dense) / |dense|`` with the raw values turned into losses
+by :func:`dpopt.fitness.to_minimize`, so this module never decides a sign itself.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .base import Batch
+from ..fitness import to_minimize
+from .base import Batch, ObjectiveBase
 
 
-class Composite:
+class Composite(ObjectiveBase):
+    """Options go to the parts (each takes those it declares), so the composite declares none."""
+
     direction = "minimize"
 
     def __init__(self, parts: list[tuple[object, float, object]]):
@@ -65,9 +70,7 @@ class Composite:
             value, dense = obj.finish(mine), self.dense[p]
             if not np.isfinite(value):
                 return float("nan")
-            if obj.direction == "minimize":
-                term = value / dense if dense else value
-            else:
-                term = 1 + (dense - value) / abs(dense) if dense else -value
+            loss = to_minimize(value, obj.direction)
+            term = 1 + (loss - to_minimize(dense, obj.direction)) / abs(dense) if dense else loss
             total += weight * term
         return total

@@ -14,6 +14,7 @@ import torch
 
 from ..spill import spill
 from .base import SCORE_CHUNK_BYTES, Batch, TextObjective, position_chunks, register_objective, row_chunks, sum_partials
+from .options import Option
 
 AUTO_TOPK_BYTES = 1 << 31  # above ~2 GB of dense targets, fall back to top-k
 TARGET_CHUNK_BYTES = 1 << 26  # dense logits + log-softmax computed per this much, while preparing
@@ -23,17 +24,14 @@ TARGET_CHUNK_BYTES = 1 << 26  # dense logits + log-softmax computed per this muc
 class KLDivergence(TextObjective):
     name = "kl"
     direction = "minimize"
-
-    def __init__(self, tokens: int = 4096, seq_len: int = 512, batch_size: int = 2, topk: int | None = None, **_):
-        if topk is not None and topk < 512:
-            from ..errors import UserError
-
-            raise UserError(f"--kl-topk must be at least 512 (got {topk})")
-        super().__init__(tokens, seq_len, batch_size)
-        self.topk = topk
+    OPTIONS = {**TextObjective.OPTIONS,
+               "topk": Option(int, None, "keep the dense model's top-k log-probs (default: all, or 1024 "
+                              "past ~2 GB of targets)", minimum=512, flag="--kl-topk")}
+    topk: int | None
 
     def settings(self):
-        return {**super().settings(), "kl_topk": self.topk}
+        # the top-k in effect, which prepare picks when it was left unset
+        return {"tokens": self.tokens, "seq_len": self.seq_len, "batch_size": self.batch_size, "kl_topk": self.topk}
 
     def prepare(self, lm, data) -> None:
         from ..genome import LayerMask

@@ -23,9 +23,6 @@ class Perplexity(TextObjective):
     name = "ppl"
     direction = "minimize"
 
-    def __init__(self, tokens: int = 4096, seq_len: int = 512, batch_size: int = 2, **_):
-        super().__init__(tokens, seq_len, batch_size)
-
     def prepare(self, lm, data) -> None:
         self._prepare_text(lm, data)
         for b in self._batches:

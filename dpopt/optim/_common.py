@@ -1,4 +1,4 @@
-"""Plumbing shared by the searcher adapters: best-so-far, option checks, private RNG state.
+"""Plumbing shared by the bundled searchers: the base class, option checks, private RNG state.
 
 Kept out of ``base.py`` because it is implementation help for the bundled searchers, not
 part of the protocol a user-supplied searcher has to follow.
@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -17,10 +17,15 @@ from ..genome import Constraint, LayerMask
 
 
 class SearcherBase:
-    """Holds the constraint, a seeded numpy Generator and the best *valid* mask told so far.
+    """The bookkeeping every searcher shares, done once here (nevergrad's ``Optimizer``).
+
+    ``ask``/``tell`` are final in spirit: ``ask`` returns nothing once the searcher is done,
+    ``tell`` records every told mask in ``archive`` and keeps ``best`` and the counters, then
+    each hands over to the subclass's ``_ask``/``_tell``, which hold only the algorithm.
 
     ``best`` ignores masks that break the constraint (greedy's intermediate steps remove
-    fewer than ``k`` blocks and would otherwise always look best).
+    fewer than ``k`` blocks and would otherwise always look best). With one row per mask
+    (``multi_objective``), ``best`` and ``archive`` keep the first column, the objective.
     """
 
     name = "base"
@@ -37,9 +42,32 @@ class SearcherBase:
         self.constraint = constraint
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
+        self.archive: dict[bytes, float] = {}  # mask key -> the objective last told for it
+        self.num_ask = 0  # masks asked
+        self.num_tell = 0  # masks told
+        self.improved = False  # the latest tell lowered ``best``
         self._best_mask: LayerMask | None = None
         self._best_fit = float("inf")
         self._done = False
+
+    # --- the protocol: bookkeeping here, the algorithm in _ask/_tell ------------------------
+    def ask(self) -> list[LayerMask]:
+        if self._done:
+            return []
+        batch = list(self._ask())
+        self.num_ask += len(batch)
+        return batch
+
+    def tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
+        fitness = np.asarray(fitness, dtype=float)
+        self._record(masks, fitness if fitness.ndim == 1 else fitness[:, 0])
+        self._tell(masks, fitness)
+
+    def _ask(self) -> list[LayerMask]:
+        raise NotImplementedError(f"{type(self).__name__} must implement _ask")
+
+    def _tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
+        """Learn from a told batch (``fitness`` a float array, one row per mask when multi-objective)."""
 
     @property
     def done(self) -> bool:
@@ -56,7 +84,7 @@ class SearcherBase:
         return []
 
     def observe(self, masks: Sequence[LayerMask], fitness: np.ndarray, fidelity: int | None) -> None:
-        """Every score of a raced batch, at each stage's fidelity (losers too); optional, ignored here.
+        """Every score of a raced batch, at each stage's fidelity (losers too); ignored by default.
 
         ``tell`` hears only the survivors, at the last stage's fidelity, so selection never
         compares fidelities; a searcher that learns a model of the landscape may use the rest.
@@ -66,13 +94,48 @@ class SearcherBase:
     def best(self) -> tuple[LayerMask | None, float]:
         return self._best_mask, self._best_fit
 
-    def _record(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
-        for m, f in zip(masks, np.asarray(fitness, dtype=float)):
+    def _record(self, masks: Sequence[LayerMask], objective: np.ndarray) -> None:
+        self.improved = False
+        for m, f in zip(masks, objective):
+            self.archive[m.key()] = float(f)
             if f < self._best_fit and self.constraint.is_valid(m):
                 self._best_mask, self._best_fit = m, float(f)
+                self.improved = True
+        self.num_tell += len(masks)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.constraint!r}, seed={self.seed})"
+
+
+class Candidates:
+    """A sampler's candidates for one batch (Optuna trials, nevergrad points), each with its mask.
+
+    Many of a sampler's points decode to one mask. A point whose mask was told before is
+    answered at once from the searcher's archive (the sampler still learns from it) and is
+    never scored again; the others wait for ``settle``, which matches them to the told
+    values by mask, not position: a cut batch tells a prefix, and several points may decode
+    to one mask (each gets its value).
+    """
+
+    def __init__(self, archive: Mapping[bytes, float], answer: Callable[[object, float], None]):
+        self._archive, self._answer = archive, answer
+        self._waiting: list[tuple[object, LayerMask]] = []
+
+    def offer(self, candidate, mask: LayerMask) -> bool:
+        """False (and the candidate answered) when ``mask`` was told before; True: it waits."""
+        known = self._archive.get(mask.key())
+        if known is not None:
+            self._answer(candidate, known)
+            return False
+        self._waiting.append((candidate, mask))
+        return True
+
+    def settle(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> list[tuple[object, float | None]]:
+        """Every waiting candidate with its mask's told value (None: not told), and none waits after."""
+        told = {m.key(): float(f) for m, f in zip(masks, fitness)}
+        out = [(c, told.get(m.key())) for c, m in self._waiting]
+        self._waiting = []
+        return out
 
 
 def random_unseen(constraint: Constraint, rng: np.random.Generator, *seen: set[bytes],

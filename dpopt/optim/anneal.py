@@ -1,7 +1,7 @@
 """Simulated annealing with EvoPress's swap moves, one Metropolis decision per batch of neighbours.
 
-Why it is built this way (the first version, one decision per neighbour with the
-temperature set from the fitness std of random masks, did worse than random search):
+Why it is built this way rather than as textbook annealing (one decision per neighbour,
+a temperature from the fitness spread of random masks), which wanders like random search:
 - Start from the best of a batch of random masks, not from one random mask: the walk
   then begins where random search would already be after that many evaluations.
 - Each ask is ``batch_size`` neighbours of the current mask (``min(U{1,3}, U{1,3})``
@@ -9,7 +9,7 @@ temperature set from the fitness std of random masks, did worse than random sear
   a whole batch at once and the walk does not drift on the first worse neighbour.
 - The temperature is set from the median |fitness change| of the first neighbours,
   not from the spread of random masks: perplexity of random masks is heavy-tailed, and
-  a temperature on that scale made the walk a random one for most of the budget.
+  a temperature on that scale makes the walk a random one for most of the budget.
 - Cooling is geometric per evaluation; after ``patience`` batches without a new best
   the walk restarts from the best mask, partly reheated.
 """
@@ -69,9 +69,7 @@ class AnnealSearch(SearcherBase):
                     return m
         return random_unseen(self.constraint, self.rng, self._asked, taken)
 
-    def ask(self) -> list[LayerMask]:
-        if self._done:
-            return []
+    def _ask(self) -> list[LayerMask]:
         batch: list[LayerMask] = []
         taken: set[bytes] = set()
         while len(batch) < self.batch_size and len(self._asked) + len(batch) < self.space:
@@ -88,12 +86,9 @@ class AnnealSearch(SearcherBase):
             self._done = True
         return batch
 
-    def tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
-        fitness = np.asarray(fitness, dtype=float)
+    def _tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
         if not len(masks):
             return
-        improved = float(fitness.min()) < self.best[1]
-        self._record(masks, fitness)
         i = int(np.argmin(fitness))
         if self.current is None:  # the random start batch: begin at its best
             self.current, self.current_fit = masks[i], float(fitness[i])
@@ -108,7 +103,7 @@ class AnnealSearch(SearcherBase):
         if delta <= 0 or (math.isfinite(delta) and self.rng.random() < math.exp(-delta / self.temperature)):
             self.current, self.current_fit = masks[i], float(fitness[i])
         self.temperature *= self.cooling ** len(masks)
-        self._since_best = 0 if improved else self._since_best + 1
+        self._since_best = 0 if self.improved else self._since_best + 1
         if self._since_best >= self.patience and self.best[0] is not None:
             self.current, self.current_fit = self.best
             self.temperature = self.t0 * self.reheat

@@ -14,7 +14,7 @@ import optuna
 
 from ..errors import UserError
 from ..genome import Constraint, LayerMask
-from ._common import SearcherBase, check_int
+from ._common import Candidates, SearcherBase, check_int
 from .base import register_searcher
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -48,10 +48,12 @@ class BayesSearch(SearcherBase):
         else:
             raise UserError(f"bayes option sampler must be 'tpe' or 'gp', got {sampler!r}")
         self.sampler_name = sampler
-        self.study = optuna.create_study(direction="minimize", sampler=smp)
         self.max_tries = check_int("max_tries", max_tries)
-        self._pending: list[tuple[optuna.trial.Trial, LayerMask]] = []
-        self._known: dict[bytes, float] = {}  # fitness of every mask told so far
+        self._open_study(smp)
+
+    def _open_study(self, sampler: optuna.samplers.BaseSampler) -> None:
+        self.study = optuna.create_study(direction="minimize", sampler=sampler)
+        self._trials = Candidates(self.archive, self._tell_one)
 
     def _trial_mask(self, trial: optuna.trial.Trial) -> LayerMask:
         scores = np.full(self.constraint.n_units, np.inf)
@@ -61,7 +63,7 @@ class BayesSearch(SearcherBase):
         trial.set_user_attr("removed", list(mask.removed()))
         return mask
 
-    def ask(self) -> list[LayerMask]:
+    def _ask(self) -> list[LayerMask]:
         """Ask trials until ``batch_size`` new masks; repeats of told masks are told at once.
 
         Many score vectors decode to one mask, and TPE readily re-proposes the incumbent;
@@ -80,15 +82,10 @@ class BayesSearch(SearcherBase):
                 repeats = 0
             trial = self.study.ask()
             mask = self._trial_mask(trial)
-            if mask.key() in self._known or mask.key() in batch:
+            if not self._trials.offer(trial, mask) or mask.key() in batch:
                 repeats += 1
-                if mask.key() in self._known:
-                    self._tell_one(trial, self._known[mask.key()])
-                else:
-                    self._pending.append((trial, mask))
                 continue
             repeats = 0
-            self._pending.append((trial, mask))
             batch[mask.key()] = mask
         return list(batch.values())
 
@@ -98,7 +95,7 @@ class BayesSearch(SearcherBase):
         for n_swaps in range(1, self.constraint.k + 1):
             for _ in range(10):
                 m = self.constraint.swap_mutation(start, self.rng, n_swaps)
-                if m.key() not in self._known and m.key() not in batch:
+                if m.key() not in self.archive and m.key() not in batch:
                     mask = m
                     break
             if mask is not None:
@@ -117,20 +114,11 @@ class BayesSearch(SearcherBase):
         else:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
-    def tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
-        fitness = np.asarray(fitness, dtype=float)
-        self._record(masks, fitness)
-        # matched by mask, not position: a cut batch tells a prefix, and several trials
-        # may decode to the same mask (all get its fitness)
-        told = {m.key(): float(f) for m, f in zip(masks, fitness)}
-        self._known.update(told)
-        for trial, mask in self._pending:
-            f = told.get(mask.key())
+    def _tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
+        for trial, f in self._trials.settle(masks, fitness):
             self._tell_one(trial, math.inf if f is None else f)
-        self._pending = []
 
     def _fail_pending(self) -> None:
         """Trials never told (budget cut the batch) are closed so they do not linger as RUNNING."""
-        for trial, _ in self._pending:
+        for trial, _ in self._trials.settle([], []):
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        self._pending = []

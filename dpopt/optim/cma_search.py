@@ -75,9 +75,7 @@ class CMASearch(SearcherBase):
         scores[list(self.constraint.removable)] = x
         return self.constraint.from_scores(scores)
 
-    def ask(self) -> list[LayerMask]:
-        if self._done:
-            return []
+    def _ask(self) -> list[LayerMask]:
         if self.es is None:
             self._solutions = []
             self._pending = [self._decode(np.zeros(self.dim))]
@@ -87,9 +85,7 @@ class CMASearch(SearcherBase):
         self._pending = [self._decode(x) for x in self._solutions]
         return list(self._pending)
 
-    def tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
-        fitness = np.asarray(fitness, dtype=float)
-        self._record(masks, fitness)
+    def _tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
         if self.es is None:
             self._done = bool(len(masks))
             return

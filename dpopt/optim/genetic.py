@@ -10,9 +10,14 @@ One generation, as DEAP's ``eaMuPlusLambda`` and EvoPress's ``evo_drop_search`` 
 Mutation is EvoPress's level-switch move: ``min(U{1,3}, U{1,3})`` swaps of a removed
 block with a kept one (one swap 5/9 of the time, which matters near the optimum), so a
 child always removes exactly ``k`` blocks. Crossover (DEAP's, then ``Constraint.repair``)
-is available but off by default: EvoPress has none, and on our benchmark it did not help
-(benchmarks/RESULTS-searchers.md). Operators live in a ``deap.base.Toolbox`` so a variant
-can be tried by re-registering ``mate``/``mutate``/``select`` on ``searcher.toolbox``.
+is available but off by default, as in EvoPress: near an optimum two good parents rarely
+share the blocks a child needs, and a repaired cross is mostly a large random move.
+Operators live in a ``deap.base.Toolbox`` so a variant can be tried by re-registering
+``mate``/``mutate``/``select`` on ``searcher.toolbox``.
+
+Two collaborators keep this module to the GA itself: ``init="single"`` runs
+:class:`~dpopt.optim.single.SingleShot`'s probe stage, and the screening model is a
+:class:`~dpopt.optim.surrogate.RidgeSurrogate`.
 
 ``deap.creator`` is global state shared by every importer, so the individual and fitness
 classes are defined here instead. DEAP draws from the global ``random`` module; that is
@@ -30,6 +35,8 @@ from ..genome import Constraint, LayerMask
 from ._common import (SearcherBase, check_float, check_int, level_switch_swaps, private_global_random, random_unseen,
                       space_size)
 from .base import register_searcher
+from .single import SingleShot
+from .surrogate import RidgeSurrogate
 
 
 class MinFitness(base.Fitness):
@@ -80,10 +87,10 @@ def auto_race(fidelities: Sequence[int], offspring: int, population: int) -> lis
     EvoPress scores its 16 offspring on 1/8 of the data and the 2 best on 1/2 of it. Here
     every child is scored on 1/16 of the data (at least ``MIN_RACE_FIDELITY`` tokens or
     questions, at least one batch), and the best ``max(2, population)`` on half of it, where
-    the parents are re-scored beside them: a generation then costs about 1.9 full-data
+    the parents are re-scored beside them: a generation of 16 then costs about 1.9 full-data
     evaluations instead of EvoPress's 2.75. Below the floor a cheap score is mostly noise
-    (on SmolLM2, 32-token scores cost the search more than they saved), so no race.
-    ``offspring`` is accepted so a future rule may scale with it.
+    that misranks children, so there is no race. ``offspring`` is accepted so a rule may
+    scale with it.
     """
     fids = [int(f) for f in fidelities]
     if len(fids) < 2:
@@ -101,12 +108,6 @@ def auto_race(fidelities: Sequence[int], offspring: int, population: int) -> lis
 INITS = ("random", "single")
 
 
-def ridge(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Coefficients of ``y`` on the columns of ``x``, both centred, with a unit ridge penalty."""
-    xc = x - x.mean(axis=0)
-    return np.linalg.solve(xc.T @ xc + np.eye(x.shape[1]), xc.T @ (y - y.mean()))
-
-
 @register_searcher("genetic")
 class GeneticSearch(SearcherBase):
     """(mu + lambda) evolution with EvoPress's level-switch mutation and multi-fidelity racing.
@@ -117,23 +118,20 @@ class GeneticSearch(SearcherBase):
       ``initial`` (32): random masks scored first; the best ``population`` become the parents.
       ``init`` ("random" | "single"): "single" first scores every block removed alone, then
       draws the initial masks around the k least harmful (costs one evaluation per block).
-      ``make demo`` runs ``init=single, initial=8``: on its setting (SmolLM2, 6 of 30, budget 200)
-      that found the best known mask on 3 seeds of 3, the defaults on 2 (14% worse on seed 1); the
-      default stays "random" because seeding from the ranking walks into greedy's trap
-      (a group of blocks harmful alone, harmless together). benchmarks/RESULTS-searchers.md.
+      It starts the search near a good answer on small budgets; the default stays "random"
+      because seeding from the ranking walks into greedy's trap (a group of blocks harmful
+      alone, harmless together).
       ``bias`` (0.5): with "single", the share of mutation swaps drawn by that ranking (the
       block to remove with weight ``exp(-rank / k)``, the one to restore with its inverse)
       rather than uniformly; 0 is EvoPress's uniform move. Unused with "random".
       ``screen`` (0.75): the share of children chosen as the best-predicted of ``pool`` (16)
       candidate mutants, by a ridge fit of fitness on removed units over every mask told in
       this run (no evaluation spent); 0 is EvoPress's plain mutation. The rest stay
-      unscreened, so moves a fit cannot credit (greedy's trap) still happen. 0.75 rather than
-      0.5: on SmolLM2 at ppl K=8 it reaches the best known mask on 4 seeds of 5 (0.5: 2 of 5),
-      elsewhere level (benchmarks/RESULTS-searchers.md).
+      unscreened, so moves a fit cannot credit (greedy's trap) still happen; screening most
+      children spends the budget where the run has seen swaps do little harm.
       ``pairs`` (true): the screening fit also has a term per pair of units next to each
       other in depth, both removed: a run of removed blocks can cost less than its blocks
-      apart (the best 6 of SmolLM2's 30 under KL are blocks 13-18), which no per-unit cost
-      can express. False screens by per-unit costs alone.
+      apart, which no per-unit cost can express. False screens by per-unit costs alone.
       ``jump`` (true): once the fit exists, each generation's first child is the fit's own
       optimum when it is new: one evaluation a generation that can leave the parents' basin.
       ``screen=0`` with ``jump=false`` is EvoPress's blind mutation.
@@ -172,11 +170,10 @@ class GeneticSearch(SearcherBase):
         if not isinstance(pairs, bool):
             raise UserError(f"genetic option pairs must be true or false, got {pairs!r}")
         self.pairs = pairs
-        # every scored mask -> (fidelity rank, removed-indicator, fitness): what the surrogate fits
-        self._seen: dict[bytes, tuple[float, np.ndarray, float]] = {}
-        self._fit: np.ndarray | None = None  # per-unit costs: the jump's target
-        self._screen_fit: np.ndarray | None = None  # per-unit, then per-neighbouring-pair costs
-        self._fit_stale = False  # scores came in since the last fit; refitted on the next read
+        # every scored mask -> (fidelity, mask, fitness): what the surrogate fits
+        self._seen: dict[bytes, tuple[float, LayerMask, float]] = {}
+        self._model = RidgeSurrogate(pairs=pairs)
+        self._fit_stale = False  # scores came in since the last fit; refitted when next used
         self._weights: np.ndarray | None = None  # per-unit draw weights, once the probes are told
         self._race_option = race if race == "auto" else parse_race(race)
         self._race: list[tuple[int | None, int]] | None = None if race == "auto" else self._race_option
@@ -198,8 +195,8 @@ class GeneticSearch(SearcherBase):
         self._asked: set[bytes] = set()
         self.population: list[Individual] = []
         self.generation = 0
+        self._single = SingleShot(constraint, seed) if init == "single" else None  # its probe stage
         self._stage = "probe" if init == "single" else "initial"  # -> "initial" -> "evolve"
-        self._harm: dict[int, float] = {}
         self._pyrandom = {"seed": self.seed}
 
     # --- racing ---------------------------------------------------------------------------
@@ -263,7 +260,7 @@ class GeneticSearch(SearcherBase):
     def _rank_weights(self) -> np.ndarray:
         """``exp(-rank / k)`` per unit from the single-removal probes (rank 0: least harmful alone)."""
         removable = np.array(self.constraint.removable)
-        harm = np.array([self._harm.get(int(i), np.inf) for i in removable])
+        harm = np.array([self._single.harm.get(int(i), np.inf) for i in removable])
         order = removable[np.lexsort((removable, harm))]
         weights = np.zeros(self.constraint.n_units)
         weights[order] = np.exp(-np.arange(len(order)) / max(1, self.constraint.k))
@@ -293,25 +290,18 @@ class GeneticSearch(SearcherBase):
         costs rank low when the run's blocks are harmful apart. The unscreened share keeps
         every move possible (blocks that only help together, greedy's trap, get no credit).
         """
-        if self.surrogate is None or self.rng.random() >= self.screen:
+        model = self.surrogate
+        if model is None or self.rng.random() >= self.screen:
             return self._child()
-        coef = self._screen_fit  # current: the read of surrogate above refitted it
         best, best_pred = None, np.inf
         for _ in range(self.pool):
             m = self._child()
             if m.key() in self._asked or m.key() in fresh:
                 continue
-            pred = float(self._features(~m.bits) @ coef)
+            pred = float(model.predict([m])[0])
             if pred < best_pred:
                 best, best_pred = m, pred
         return best if best is not None else self._child()
-
-    def _features(self, removed: np.ndarray) -> np.ndarray:
-        """Removed-unit indicators, then (with ``pairs``) one per neighbouring pair removed together."""
-        x = np.asarray(removed, dtype=float)
-        if not self.pairs:
-            return x
-        return np.concatenate([x, x[..., :-1] * x[..., 1:]], axis=-1)
 
     def observe(self, masks: Sequence[LayerMask], fitness: np.ndarray, fidelity: int | None) -> None:
         """A raced batch's scores, losers too: under racing ``tell`` hears 2 masks a generation,
@@ -326,36 +316,26 @@ class GeneticSearch(SearcherBase):
         for m, f in zip(masks, np.asarray(fitness, dtype=float)):
             old = self._seen.get(m.key())
             if np.isfinite(f) and (old is None or level >= old[0]):  # a richer score replaces a cheaper one
-                self._seen[m.key()] = (level, ~m.bits, float(f))
+                self._seen[m.key()] = (level, m, float(f))
                 self._fit_stale = True
 
     @property
-    def surrogate(self) -> np.ndarray | None:
-        """Per-unit removal cost, ridge-regressed on the scored masks (None until there are enough).
+    def surrogate(self) -> RidgeSurrogate | None:
+        """The surrogate fitted on every mask scored so far; None until there are enough.
 
-        Fitted when read after new scores, so a raced batch (observed at every stage, then
-        told) costs one fit, not one per stage. The read refits ``_screen_fit`` with it, so
-        read this before that.
+        Refitted on first use after new scores, so a raced batch (observed at every stage,
+        then told) costs one fit, not one per stage; any two reads between scores agree.
         """
         if self._fit_stale:
             self._fit_stale = False
-            self._fit, self._screen_fit = self._fit_now()
-        return self._fit
-
-    def _fit_now(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(per-unit costs, screening costs) over every mask seen; None until there are enough."""
-        if len(self._seen) < max(8, len(self.constraint.removable) // 2):
-            return None, None  # scores only accumulate: until there are enough there was never a fit
-        removed = np.array([bits for _, bits, _ in self._seen.values()], dtype=float)
-        y = np.array([f for _, _, f in self._seen.values()])
-        y = np.argsort(np.argsort(y)) / len(y)  # ranks: a few huge perplexities don't dominate
-        units = ridge(removed, y)
-        return units, ridge(self._features(removed), y) if self.pairs else units
+            if len(self._seen) >= max(8, len(self.constraint.removable) // 2):
+                seen = list(self._seen.values())
+                self._model.fit([m for _, m, _ in seen], [f for _, _, f in seen])
+        return self._model if self._model.fitted else None
 
     def _seeded(self) -> LayerMask:
         """A mask near the single-removal ranking: its k least harmful blocks, then a mutation."""
-        harm = np.array([self._harm.get(i, np.inf) for i in range(self.constraint.n_units)])
-        ranked = self.constraint.from_scores(harm)
+        ranked = self._single.ranked()
         if ranked.key() not in self._asked:
             return ranked
         (child,) = self._swap_mutate(Individual.of(ranked))
@@ -365,19 +345,18 @@ class GeneticSearch(SearcherBase):
         return random_unseen(self.constraint, self.rng, self._asked, fresh)
 
     # --- protocol -------------------------------------------------------------------------
-    def ask(self) -> list[LayerMask]:
-        if self._done:
-            return []
+    def _ask(self) -> list[LayerMask]:
         if self._stage == "probe":
-            return [LayerMask.from_removed(self.constraint.n_units, [i]) for i in self.constraint.removable]
+            return self._single.ask()
         batch: list[LayerMask] = []
         fresh: set[bytes] = set()
         initial = self._stage == "initial"
         want = min(self.initial if initial else self.offspring_size, self.space - len(self._asked))
         with private_global_random(self._pyrandom):
             tries = 0
-            if not initial and self.jump and self.surrogate is not None:
-                m = self.constraint.from_scores(self.surrogate)  # the fit's own optimum: a jump between basins
+            model = None if initial or not self.jump else self.surrogate
+            if model is not None:
+                m = self.constraint.from_scores(model.unit_costs)  # the fit's own optimum: a jump between basins
                 if m.key() not in self._asked:
                     fresh.add(m.key())
                     batch.append(m)
@@ -404,23 +383,19 @@ class GeneticSearch(SearcherBase):
             self._done = True
         return batch
 
-    def tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
+    def _tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
         """Plus-selection: the next parents are the best ``population`` of parents and told children.
 
         When the batch was raced, the parents were re-scored in its last stage and every
         one that is not among the told winners lost to them; such parents come back only
         if fewer winners than ``population`` were told.
         """
-        fitness = np.asarray(fitness, dtype=float)
         if self._stage == "probe":
-            for m, f in zip(masks, fitness):
-                (i,) = m.removed()
-                self._harm[i] = float(f)
-            if len(masks):
+            self._single.tell(masks, fitness)
+            if self._single.probed:
                 self._stage = "initial"
                 self._weights = self._rank_weights()
             return
-        self._record(masks, fitness)
         if not len(masks):
             return
         self._learn(masks, fitness, None if not self.race_schedule else self.race_schedule[-1][0])

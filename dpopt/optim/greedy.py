@@ -57,9 +57,7 @@ class StepwiseSearch(SearcherBase):
             return back
         return [m for m in back if self.constraint.is_valid(m)]  # a parameter budget: only moves that keep it
 
-    def ask(self) -> list[LayerMask]:
-        if self._done:
-            return []
+    def _ask(self) -> list[LayerMask]:
         if self._only_start:
             self._pending = list(self.beam)
         else:
@@ -67,9 +65,7 @@ class StepwiseSearch(SearcherBase):
             self._pending = list(dict.fromkeys(m for b in self.beam for m in self._neighbours(b)))
         return list(self._pending)
 
-    def tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
-        fitness = np.asarray(fitness, dtype=float)
-        self._record(masks, fitness)
+    def _tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
         if len(masks) == 0:
             return  # nothing learnt (budget ran out): the same step is proposed again
         order = np.argsort(fitness, kind="stable")

@@ -4,11 +4,10 @@ Each removable block gets one real score; a mask keeps the ``n - k`` highest
 (``Constraint.from_scores``), the decoding cma and bayes use, so every candidate removes
 exactly ``k`` blocks without a penalty. The discrete (1+1) family (DiscreteLenglerOnePlusOne,
 PortfolioDiscreteOnePlusOne, ...) resamples a few coordinates per mutation; on a score
-vector that moves a block across the keep/remove boundary, which is a swap move. Measured
-on the synthetic objective of the tests (1001 masks, seeds 0-5, budget 300): Lengler,
-Portfolio, NGOpt and DiscreteOnePlusOne found the optimum in 6/6 runs; bounding the scores
-to [-1, 1] changed nothing for the discrete ones (their mutation redraws a coordinate, so
-only ranks matter) and cost NGOpt one run, so the plain unbounded ``ng.p.Array`` stays.
+vector that moves a block across the keep/remove boundary, which is a swap move. The
+scores are a plain unbounded ``ng.p.Array``: the discrete optimizers redraw a coordinate,
+so only ranks matter to them and bounds add nothing, while bounds would narrow the moves
+of the continuous ones (NGOpt's choices among them).
 
 Many score vectors decode to one mask. A candidate whose mask was told before is answered
 at once from what is known (nevergrad still learns from it) and does not enter the batch,
@@ -29,7 +28,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..genome import Constraint, LayerMask
-from ._common import SearcherBase, check_int, private_global_random
+from ._common import Candidates, SearcherBase, check_int, private_global_random
 from .base import SEARCHERS
 
 
@@ -70,8 +69,7 @@ class NevergradSearch(SearcherBase):
                 parametrization=param, budget=self.budget,
                 num_workers=1 if self.optimizer_no_parallel() else self.batch_size)
         self._refuse_threaded()
-        self._pending: list[tuple[object, LayerMask]] = []
-        self._known: dict[bytes, float] = {}
+        self._points = Candidates(self.archive, self._tell_one)
 
     def _refuse_threaded(self) -> None:
         """Nevergrad's wrappers of scipy & co. (SQP, Cobyla, NelderMead...) run the library in a
@@ -106,10 +104,8 @@ class NevergradSearch(SearcherBase):
         scores[list(self.constraint.removable)] = np.asarray(x, dtype=float).reshape(-1)
         return self.constraint.from_scores(scores)
 
-    def ask(self) -> list[LayerMask]:
-        if self._done:
-            return []
-        self._pending = []  # candidates cut off by the budget are never told: nevergrad allows that
+    def _ask(self) -> list[LayerMask]:
+        self._points.settle([], [])  # candidates cut off by the budget are never told: nevergrad allows that
         batch: dict[bytes, LayerMask] = {}
         with self._quiet(), self._missing_package():
             for _ in range(self.max_tries * self.batch_size):
@@ -120,11 +116,8 @@ class NevergradSearch(SearcherBase):
                     break
                 cand = self.opt.ask()
                 mask = self._decode(cand.value)
-                if mask.key() in self._known:
-                    self._tell_one(cand, self._known[mask.key()])
-                    continue
-                self._pending.append((cand, mask))
-                batch[mask.key()] = mask
+                if self._points.offer(cand, mask):
+                    batch[mask.key()] = mask
         if not batch:
             self._done = True  # converged: a whole round of asks decoded only to masks already scored
         return list(batch.values())
@@ -133,16 +126,11 @@ class NevergradSearch(SearcherBase):
         # nevergrad clips huge losses itself; a failed mask (inf) becomes its worst value
         self.opt.tell(cand, float(f) if math.isfinite(f) else 5.0e20)
 
-    def tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
-        fitness = np.asarray(fitness, dtype=float)
-        self._record(masks, fitness)
-        told = {m.key(): float(f) for m, f in zip(masks, fitness)}
-        self._known.update(told)
+    def _tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
         with self._quiet():
-            for cand, mask in self._pending:
-                if mask.key() in told:
-                    self._tell_one(cand, told[mask.key()])
-        self._pending = []
+            for cand, f in self._points.settle(masks, fitness):
+                if f is not None:
+                    self._tell_one(cand, f)
 
 
 _CLASSES: dict[str, type] = {}

@@ -75,9 +75,7 @@ class NSGA2Search(SearcherBase):
             return c.resize_mutation(child, self.rng)
         return c.swap_mutation(child, self.rng, level_switch_swaps(self.rng, self.max_swaps))
 
-    def ask(self) -> list[LayerMask]:
-        if self._done:
-            return []
+    def _ask(self) -> list[LayerMask]:
         want = self.mu if not self.population else self.lam
         batch: dict[bytes, LayerMask] = {}
         for _ in range(want * 20):
@@ -98,11 +96,10 @@ class NSGA2Search(SearcherBase):
         self._asked.update(batch)
         return list(batch.values())
 
-    def tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
+    def _tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
         values = np.asarray(fitness, dtype=float)
         if values.ndim == 1:
             values = values[:, None]
-        self._record(masks, values[:, 0])
         if not len(masks):
             return
         if self._fitness_cls is None:

@@ -24,12 +24,9 @@ class _OneShot(SearcherBase):
     def choose(self, constraint: Constraint, stats: dict) -> LayerMask:
         raise NotImplementedError
 
-    def ask(self) -> list[LayerMask]:
+    def _ask(self) -> list[LayerMask]:
         self._done = True
         return [self.mask]
-
-    def tell(self, masks, fitness) -> None:
-        self._record(masks, fitness)
 
 
 @register_searcher("bi")

@@ -49,16 +49,14 @@ class OptunaSearch(BayesSearch):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 sampler = self.sampler_cls(**sampler_options)
-        except TypeError as exc:  # a required argument (GridSampler's search space...) is missing
+        except (TypeError, ValueError) as exc:  # a required argument is missing, or a value out of range
             raise UserError(f"{self.name} cannot be built from options: {exc}") from None
         self.sampler_name = self.sampler_cls.__name__
-        self.study = optuna.create_study(direction="minimize", sampler=sampler)
-        self._pending = []
-        self._known = {}
+        self._open_study(sampler)
 
-    def ask(self):
+    def _ask(self):
         try:
-            return super().ask()
+            return super()._ask()
         except ImportError as exc:  # CmaEsSampler imports ``cmaes`` only when it first samples
             raise UserError(f"{self.name} needs a package that is not installed: {exc}") from None
 

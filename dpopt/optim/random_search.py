@@ -5,10 +5,6 @@ exhausted; large ones are sampled by rejection, where a repeat is rare.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
-import numpy as np
-
 from ..genome import Constraint, LayerMask
 from ._common import SearcherBase, check_int, space_size
 from .base import register_searcher
@@ -48,7 +44,7 @@ class RandomSearch(SearcherBase):
                 return m
         return None  # a huge space this crowded is not reachable in practice
 
-    def ask(self) -> list[LayerMask]:
+    def _ask(self) -> list[LayerMask]:
         batch: list[LayerMask] = []
         while len(batch) < self.batch_size:
             m = self._draw()
@@ -59,7 +55,3 @@ class RandomSearch(SearcherBase):
         if self._queue is not None and not self._queue or not batch:
             self._done = True
         return batch
-
-    def tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
-        fitness = np.asarray(fitness, dtype=float)
-        self._record(masks, fitness if fitness.ndim == 1 else fitness[:, 0])

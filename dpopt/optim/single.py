@@ -1,7 +1,8 @@
 """One-shot baseline: score each block's removal alone, then remove the ``k`` least harmful.
 
 Costs ``removable + 1`` evaluations and ignores interactions between blocks; that is the
-point of it: it shows how much the searchers gain from modelling them.
+point of it: it shows how much the searchers gain from modelling them. The genetic
+searcher's ``init="single"`` runs the same probe stage to seed its first masks.
 """
 from __future__ import annotations
 
@@ -25,29 +26,35 @@ class SingleShot(SearcherBase):
 
     def __init__(self, constraint: Constraint, seed: int = 0):
         super().__init__(constraint, seed)
-        self._stage = "probe"  # -> "final" -> done
-        self.harm: dict[int, float] = {}
+        self.probed = False  # the single removals have been told; then the ranked mask is asked
+        self.harm: dict[int, float] = {}  # unit -> fitness with that unit alone removed
         self.final: LayerMask | None = None
 
-    def ask(self) -> list[LayerMask]:
-        if self._done:
-            return []
-        n = self.constraint.n_units
-        if self._stage == "probe":
-            return [LayerMask.from_removed(n, [i]) for i in self.constraint.removable]
-        # blocks never scored (budget cut the probe batch) rank as most harmful
-        harm = np.array([self.harm.get(i, np.inf) for i in range(n)])
-        self.final = self.constraint.from_scores(harm)
+    def probes(self) -> list[LayerMask]:
+        """Every removable unit removed alone: one batch."""
+        return [LayerMask.from_removed(self.constraint.n_units, [i]) for i in self.constraint.removable]
+
+    def ranked(self) -> LayerMask:
+        """The valid mask that removes the units least harmful alone.
+
+        Units never scored (a budget cut the probe batch) rank as most harmful.
+        """
+        harm = np.array([self.harm.get(i, np.inf) for i in range(self.constraint.n_units)])
+        return self.constraint.from_scores(harm)
+
+    def _ask(self) -> list[LayerMask]:
+        if not self.probed:
+            return self.probes()
+        self.final = self.ranked()
         return [self.final]
 
-    def tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
-        self._record(masks, fitness)
+    def _tell(self, masks: Sequence[LayerMask], fitness: np.ndarray) -> None:
         if not len(masks):
             return
-        if self._stage == "probe":
-            for m, f in zip(masks, np.asarray(fitness, dtype=float)):
+        if not self.probed:
+            for m, f in zip(masks, fitness):
                 (i,) = m.removed()
                 self.harm[i] = float(f)
-            self._stage = "final"
+            self.probed = True
         else:
             self._done = True

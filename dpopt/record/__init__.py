@@ -24,6 +24,15 @@
   duplicate row), so another worker scores it; the study carries the ``recipe`` a worker
   rebuilds the evaluator from, and its fingerprint decides whether the worker may.
 
+What Optuna already guarantees is used as is: a storage's atomic WAITING->RUNNING
+transition (what ``study.ask()`` pops an enqueued trial with) is how a worker takes a mask,
+so two workers never take one. What is home-made is what Optuna lacks: one score per
+(mask, fidelity) across concurrent searches and workers (Optuna's trials are per ask, so two
+searches asking one mask make two trials); a stale claim going back to WAITING rather than
+FAIL (Optuna's ``fail_stale_trials`` + ``RetryFailedTrialCallback`` would leave a failed row
+and a copy for every death, and its heartbeat exists only for RDB storages, not journal
+files); and a lease that sees a dead pid on the same host at once.
+
 Writers serialise on a lease (:mod:`dpopt.record.lease`): a lock file beside a SQLite
 database or a journal, a row of ``dpopt_locks`` on PostgreSQL. A process frozen while it
 holds it delays the others by one lease at most. For many processes or machines give a

@@ -205,8 +205,8 @@ class RowLease(_Lease):
         from sqlalchemy import and_, exc, or_, select
 
         t, expires = self.table, now + lock_lease()
-        taken = self._execute(t.update().where(and_(t.c.name == self.name, or_(t.c.expires < now, t.c.owner == self.owner)))
-                              .values(owner=self.owner, expires=expires))
+        free = and_(t.c.name == self.name, or_(t.c.expires < now, t.c.owner == self.owner))
+        taken = self._execute(t.update().where(free).values(owner=self.owner, expires=expires))
         if taken.rowcount == 1:
             return True
         row = self._execute(select(t.c.owner, t.c.expires).where(t.c.name == self.name)).first()

@@ -5,7 +5,7 @@ import os
 import time
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 
 DEFAULT_STORAGE = "sqlite:///dpopt-studies.db"
 
@@ -69,11 +69,6 @@ def _engine_kwargs(url: str) -> dict:
     if storage_kind(url) == "postgresql":
         return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
     return {}
-
-
-def one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 def storage_errors() -> tuple[type[BaseException], ...]:

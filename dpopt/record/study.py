@@ -109,8 +109,9 @@ class StudyRecord(QueueMixin):
             study.set_user_attr("fingerprint", self.fingerprint.digest)
             study.set_user_attr("settings", self.fingerprint.settings)
             study.set_user_attr("units", self.unit_names)
-        if self.recipe is not None and "recipe" not in attrs:
-            study.set_user_attr("recipe", self.recipe)
+        if "fingerprint" not in attrs or (self.recipe is not None and "recipe" not in attrs):
+            if self.recipe is not None:
+                study.set_user_attr("recipe", self.recipe)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # experimental in Optuna, and what the dashboard reads
                 study.set_metric_names(self.metrics)
@@ -201,9 +202,7 @@ class StudyRecord(QueueMixin):
         removed = [self.unit_names[i] for i in mask.removed()]
         attrs = dict(removed=removed, n_removed=len(removed), fidelity=fidelity, computed=computed,
                      run=self.run.run, algo=self.run.algo, seed=self.run.seed, batch=self.batch)
-        if self._is_candidate(mask) is not None:
-            attrs["candidate"] = self._is_candidate(mask)
-        return attrs
+        return attrs if self._is_candidate(mask) is None else dict(attrs, candidate=self._is_candidate(mask))
 
     def _is_candidate(self, mask: LayerMask) -> bool | None:
         """Whether the run's constraint makes ``mask`` an answer; None for a record with no rule (a worker's)."""
@@ -407,10 +406,43 @@ class StudyRecord(QueueMixin):
     def close(self) -> None:
         """Stop beating; every claim still held (a run interrupted anywhere: scoring, claiming,
         completing) goes back to the queue as WAITING. Best effort: a storage that cannot be
-        written leaves them RUNNING under an owner that is about to be gone, which the next run
-        on this host adopts at once."""
-        try:
-            with contextlib.suppress(Exception):
-                self.release()
-        finally:
-            self.heartbeat.stop()
+        written leaves them RUNNING under an owner about to be gone, adopted at once on this host."""
+        with contextlib.suppress(Exception):
+            self.release()
+        self.heartbeat.stop()
+
+
+def unit_param_names(space) -> list[str]:
+    """Trial params ``keep_<unit>``: ``keep_00`` for blocks (as recorded before unit spaces), else
+    ``keep_attn.3``. ``space``: a UnitSpace, or a number of plain bits."""
+    if isinstance(space, int):
+        return [f"{i:02d}" for i in range(space)]
+    if space.kind == "block":
+        return [f"{i:02d}" for i in range(space.n_blocks)]
+    return list(space.names)
+
+
+def study_name(model: str, evaluator, algo: str, size: str, seed: int) -> str:
+    """Named after the settings, so a changed setting opens a new study instead of a stale one."""
+    from pathlib import Path
+
+    units = "" if evaluator.units is None or evaluator.units.kind == "block" else f"-{evaluator.units.kind}"
+    costs = "".join(f"-vs-{c.name}" for c in evaluator.costs)
+    fp = evaluator.fingerprint.short if evaluator.fingerprint is not None else "synthetic"
+    return f"{Path(str(model)).name}-{evaluator.metric}{costs}{units}-{algo}-{size}-seed{seed}-{fp}"
+
+
+def open_record(evaluator, storage: str, study: str, algo: str, seed: int, n_units: int,
+                candidate=None, extra: dict | None = None) -> StudyRecord:
+    """The study one run records into, for any evaluator (a model's or a synthetic function).
+
+    ``candidate``: which masks are answers (COMPLETE; the rest PRUNED with their values);
+    None: every mask is."""
+    fingerprint = evaluator.fingerprint
+    if fingerprint is None:
+        fingerprint = Fingerprint({"evaluator": type(evaluator).__name__, "objective": evaluator.metric})
+    units = unit_param_names(evaluator.units if evaluator.units is not None else n_units)
+    recipe = evaluator.problem.recipe() if evaluator.problem is not None else None
+    return StudyRecord(storage, study, fingerprint, evaluator.metric, evaluator.direction, units,
+                       RunInfo(algo=algo, seed=seed, extra=dict(extra or {})), recipe=recipe, candidate=candidate,
+                       costs=evaluator.costs)

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,15 +62,12 @@ def study_recipe(storage: str, study: str) -> tuple[dict, dict]:
 
 def build_evaluator(attrs: dict, recipe: dict, device: str, study: str):
     """Rebuild the search's evaluator here; refuse unless it reproduces the study's fingerprint."""
-    from .. import api
-    from .fingerprint import Fingerprint
+    from ..problem import Problem
 
     try:
-        lm = api.load(recipe["model"], device, recipe.get("dtype", "float32"))
-        ev = api.make_evaluator(lm, recipe["objective"], data=recipe.get("data"), tasks=recipe.get("tasks"),
-                                split=recipe["split"], data_seed=recipe["data_seed"],
-                                prefix_sharing=recipe.get("prefix_sharing", True), units=recipe.get("units", "block"),
-                                tie=recipe.get("tie", False), **recipe.get("options", {}))
+        problem = Problem.from_recipe(recipe)
+        lm = problem.load(device)
+        ev = problem.build(lm)
     except UserError as exc:
         raise UserError(f"this worker cannot rebuild study {study!r}'s evaluator: {exc}") from None
     if ev.fingerprint.digest != attrs["fingerprint"]:
@@ -153,7 +149,7 @@ def _serve(record: StudyRecord, ev, lm, take: int, idle_exit: float | None, log,
     return stats
 
 
-def _stop_on_sigterm() -> None:
+def stop_on_sigterm() -> None:
     """SIGTERM as Ctrl-C: release the claims in hand, report, exit cleanly."""
     def handler(signum, frame):
         raise KeyboardInterrupt
