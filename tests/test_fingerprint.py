@@ -19,7 +19,7 @@ from conftest import run_cli
 from dpopt.models.tiny import save_tiny_checkpoint, tiny_config, tiny_tokenizer
 from dpopt.record.storage import open_storage
 
-SEARCH = ["search", "--algo", "random", "--remove", 3, "--budget", 6, "--tokens", 256, "--seq-len", 64,
+SEARCH = ["search", "--algo", "random", "--remove", 2, "--budget", 4, "--tokens", 128, "--seq-len", 32,
           "--no-progress"]
 TEXT = "\n\n".join(f"Paragraph {i}: the quick brown fox number {i} jumps over {i * 7} lazy dogs." for i in range(80))
 
@@ -32,7 +32,7 @@ def own_hash_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def ck(tmp_path_factory):
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ck") / "model", "llama", 12, seed=0)
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ck") / "model", "llama", 6, seed=0)
 
 
 def search(capsys, model, data, out: Path, storage, *extra):
@@ -49,6 +49,7 @@ def assert_one_line_refusal(rc, err, needle):
     assert rc == 2 and "Traceback" not in err, err
     lines = [ln for ln in err.strip().splitlines() if ln.startswith("dpopt: error")]
     assert len(lines) == 1 and "other settings" in lines[0] and needle in lines[0], err
+    assert lines[0].rstrip().endswith("named after these settings"), err  # nothing broke the line
 
 
 def assert_fresh(capsys, model, data, tmp_path, got):
@@ -72,13 +73,10 @@ def test_rewritten_data_file_never_returns_the_old_answer(ck, tmp_path, capsys):
     assert second["fingerprint"] != first["fingerprint"] and second["study"] != first["study"]
     assert second["dense_fitness"] != first["dense_fitness"]
     assert_fresh(capsys, ck, calib, tmp_path, second)
-    # under one --study name, the rewritten file is refused in one line naming the data
-    calib.write_text(TEXT)
-    assert search(capsys, ck, calib, tmp_path / "n.json", db, "--study", "mine")[0] == 0
-    calib.write_text(TEXT.upper())
-    rc, err, _ = search(capsys, ck, calib, tmp_path / "n.json", db, "--study", "mine")
+    # named with --study, the first run's study refuses the rewritten file in one line naming the data
+    rc, err, _ = search(capsys, ck, calib, tmp_path / "n.json", db, "--study", first["study"])
     assert_one_line_refusal(rc, err, "data.sha256")
-    assert n_trials(db, "mine") == 7  # six masks and the dense model, nothing from the refused run
+    assert n_trials(db, first["study"]) == 5  # four masks and the dense model, nothing from the refused run
 
 
 # --- 4. one file under three path strings is one study ---------------------------------------------
@@ -92,12 +90,8 @@ def test_same_file_under_other_path_strings_reuses_the_study(ck, tmp_path, capsy
         _, err, res = search(capsys, ck, spec, tmp_path / f"r{i}.json", db, "--study", "one")
         assert res is not None, err
         results.append(res)
-    assert len({r["fingerprint"] for r in results}) == 1
-    assert n_trials(db, "one") == 7  # the second and third runs computed nothing new
-    _, err, default_named = search(capsys, ck, "./calib.txt", tmp_path / "d.json", db)
-    assert default_named is not None, err
-    _, err, again = search(capsys, ck, str(tmp_path / "calib.txt"), tmp_path / "e.json", db)
-    assert again is not None and again["study"] == default_named["study"], err
+    assert len({r["fingerprint"] for r in results}) == 1  # so one default study name, too
+    assert n_trials(db, "one") == 5  # the second and third runs computed nothing new
 
 
 # --- 2. the tokenizer -------------------------------------------------------------------------------
@@ -126,8 +120,7 @@ def test_permuted_tokenizer_is_another_model(ck, tmp_path, capsys):
     assert second is not None, err
     assert second["study"] != first["study"] and second["dense_fitness"] != first["dense_fitness"]
     assert_fresh(capsys, other, TEXT_FILE(tmp_path), tmp_path, second)
-    assert search(capsys, ck, TEXT_FILE(tmp_path), tmp_path / "n.json", db, "--study", "mine")[0] == 0
-    rc, err, _ = search(capsys, other, TEXT_FILE(tmp_path), tmp_path / "n.json", db, "--study", "mine")
+    rc, err, _ = search(capsys, other, TEXT_FILE(tmp_path), tmp_path / "n.json", db, "--study", first["study"])
     assert_one_line_refusal(rc, err, "model.tokenizer")
 
 
@@ -185,14 +178,14 @@ def test_weight_changed_mid_file_is_another_model(tmp_path, capsys):
     weights = ck / "model.safetensors"
     assert weights.stat().st_size > 2 << 20
     db, data = f"sqlite:///{tmp_path}/s.db", TEXT_FILE(tmp_path)
-    _, err, first = search(capsys, ck, data, tmp_path / "a.json", db, "--study", "mine")
+    _, err, first = search(capsys, ck, data, tmp_path / "a.json", db)
     assert first is not None, err
     _scale_middle_tensor(weights, 5.0)
-    rc, err, _ = search(capsys, ck, data, tmp_path / "b.json", db, "--study", "mine")
+    rc, err, _ = search(capsys, ck, data, tmp_path / "b.json", db, "--study", first["study"])
     assert_one_line_refusal(rc, err, "model.weights")
     _, err, second = search(capsys, ck, data, tmp_path / "c.json", db)
     assert second is not None, err
-    assert second["fingerprint"] != first["fingerprint"]
+    assert second["fingerprint"] != first["fingerprint"] and second["dense_fitness"] != first["dense_fitness"]
     assert_fresh(capsys, ck, data, tmp_path, second)
 
 
