@@ -123,7 +123,7 @@ def make_evaluator(lm: LoadedModel, objective: str = "ppl", data: str | None = N
     search minimises beside the objective; their settings join the fingerprint.
     """
     from .costs import make_costs
-
+    from .data.identity import data_identity
     from .objectives import build_objective, uses_tasks
 
     space = unit_space(lm, units, tie)  # fails before the data is read
@@ -137,8 +137,8 @@ def make_evaluator(lm: LoadedModel, objective: str = "ppl", data: str | None = N
         "dtype": str(lm.masked.dtype).replace("torch.", ""),
         "objective": obj.name,
         "options": obj.settings(),
-        "data": (data or DEFAULT_TEXT) if text else None,
-        "tasks": (tasks or DEFAULT_TASKS) if mc else None,
+        "data": data_identity((data or DEFAULT_TEXT) if text else None),
+        "tasks": data_identity((tasks or DEFAULT_TASKS) if mc else None),
         "split": split,
         "data_seed": data_seed,
     }
