@@ -256,7 +256,7 @@ def _result(lm: LoadedModel, evaluator: Evaluator, plan: SearchPlan, constraint,
         n_blocks=lm.n_blocks, remove=constraint.to_dict()["remove"], max_params=constraint.max_params,
         minimize=[c.name for c in evaluator.costs], max_latency=plan.max_latency, protect=list(constraint.protect),
         wall_seconds=round(wall, 3), history=[(n, from_minimize(b, evaluator.direction)) for n, b in res.history],
-        fingerprint=evaluator.fingerprint.digest, settings=settings, data=settings.get("data") or settings.get("tasks"),
+        fingerprint=evaluator.fingerprint.digest, settings=settings, data=_data_named(evaluator),
         split=settings["split"], data_seed=settings["data_seed"], kl_topk=options.get("kl_topk"),
         study=record.study_name if record else None,
         storage=(plan.storage or DEFAULT_STORAGE) if record else None, run=record.run.run if record else None,
@@ -299,6 +299,18 @@ def _pareto_doc(lm: LoadedModel, evaluator: Evaluator, space: UnitSpace, constra
                           f"{result.evaluations} evaluations")
         doc["plot"] = png
     return doc
+
+
+def _data_named(evaluator: Evaluator) -> str | None:
+    """The data as the user named it (the fingerprint holds its contents' digest instead)."""
+    from .data import DEFAULT_TEXT
+    from .objectives import DEFAULT_TASKS, uses_tasks
+
+    p = evaluator.problem
+    if p is None:
+        return None
+    text, mc = uses_tasks(p.objective)
+    return (p.data or DEFAULT_TEXT) if text else (p.tasks or DEFAULT_TASKS) if mc else None
 
 
 class _Bar:

@@ -46,11 +46,11 @@ class LoadedModel:
         return self.masked.n_blocks
 
     def identity(self) -> dict:
-        """What makes these weights these weights, independent of folder names and devices."""
+        """What makes these weights and this tokenizer what they are, independent of folder names and devices."""
         if self._identity is None:
             from .models.identity import model_identity
 
-            self._identity = model_identity(self.model, self.path)
+            self._identity = model_identity(self.model, self.path, self.tokenizer)
         return self._identity
 
 

@@ -200,6 +200,7 @@ class Problem:
 
         The block space leaves its unit names out, so block studies recorded before unit
         spaces existed still resume."""
+        from .data.identity import data_identity
         from .objectives import DEFAULT_TASKS, uses_tasks
 
         text, mc = uses_tasks(self.objective)
@@ -208,8 +209,8 @@ class Problem:
             "dtype": str(lm.masked.dtype).replace("torch.", ""),
             "objective": objective.name,
             "options": objective.settings(),
-            "data": (self.data or DEFAULT_TEXT) if text else None,
-            "tasks": (self.tasks or DEFAULT_TASKS) if mc else None,
+            "data": data_identity((self.data or DEFAULT_TEXT) if text else None),  # the bytes, not the path
+            "tasks": data_identity((self.tasks or DEFAULT_TASKS) if mc else None),
             "split": self.split,
             "data_seed": self.data_seed,
         }
