@@ -43,7 +43,7 @@ seen = {}
 inner = MemoEvaluator._compute
 
 def _compute(self, todo, fid):
-    first = not seen and any(len(m.removed()) for m in todo)
+    first = "first_start" not in seen and any(len(m.removed()) for m in todo)
     if first:
         seen["first_start"] = time.time()
     inner(self, todo, fid)
