@@ -170,7 +170,9 @@ def run(lm: LoadedModel, evaluator: Evaluator, plan: SearchPlan, progress: bool 
     searcher = make_searcher(plan.algo, constraint, evaluator, plan.seed, plan.algo_options)
     record = _open_search_record(lm, evaluator, plan, constraint)
     pool = _start_workers(lm, record, plan)
-    bar = _progress_bar(plan.budget, plan.algo, evaluator.direction, evaluator.metric, enabled=progress)
+    prepared = evaluator.prepare_seconds
+    desc = plan.algo if prepared is None else f"{plan.algo} (prepared in {prepared:.1f} s)"
+    bar = _progress_bar(plan.budget, desc, evaluator.direction, evaluator.metric, enabled=progress)
     start = time.perf_counter()
     try:
         with evaluator.recording(record):
@@ -255,7 +257,9 @@ def _result(lm: LoadedModel, evaluator: Evaluator, plan: SearchPlan, constraint,
         direction=evaluator.direction, algo=plan.algo, evaluations=res.evaluations, seed=plan.seed, model=lm.source,
         n_blocks=lm.n_blocks, remove=constraint.to_dict()["remove"], max_params=constraint.max_params,
         minimize=[c.name for c in evaluator.costs], max_latency=plan.max_latency, protect=list(constraint.protect),
-        wall_seconds=round(wall, 3), history=[(n, from_minimize(b, evaluator.direction)) for n, b in res.history],
+        wall_seconds=round(wall, 3),
+        prepare_seconds=round(evaluator.prepare_seconds, 3) if evaluator.prepare_seconds is not None else None,
+        history=[(n, from_minimize(b, evaluator.direction)) for n, b in res.history],
         fingerprint=evaluator.fingerprint.digest, settings=settings, data=_data_named(evaluator),
         split=settings["split"], data_seed=settings["data_seed"], kl_topk=options.get("kl_topk"),
         study=record.study_name if record else None,

@@ -142,6 +142,13 @@ class Evaluator(MemoEvaluator):
         self._prepared: dict[int, Any] = {}
         self._token_bytes: int | None = None  # one position's float32 logits, learnt on the first head call
         self.block_calls = 0  # (prefix, block) computations at batch granularity: the work done
+        self.prepare_seconds: float | None = None  # the objective's preparation, as Problem.build timed it
+        # the dense model's partials from the objective's own preparation pass (KL's targets
+        # are the dense model's; its KL to itself is 0 by definition): the dense reference
+        # then costs no second forward, and is still scored and recorded like any mask
+        dense_key = LayerMask.dense(self.n_units).key()
+        for index, part in (objective.dense_partials or {}).items():
+            self.partials[(dense_key, index)] = part
 
     @property
     def n_units(self) -> int:

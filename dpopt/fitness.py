@@ -53,6 +53,7 @@ class MemoEvaluator:
     fingerprint = None  # a dpopt.record.Fingerprint: what decides the values (None: a synthetic function)
     units = None  # the UnitSpace a mask's bits index (None: plain bits)
     problem = None  # the dpopt.Problem it was built from, whose recipe a worker rebuilds it with
+    prepare_seconds: float | None = None  # building it: the objective's preparation, the fingerprint
     units_scored: int | None = None  # tokens (or questions) pushed through a head; None: not counted
 
     def __init__(self) -> None:

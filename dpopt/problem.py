@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -186,14 +187,17 @@ class Problem:
         from .objectives import build_objective
         from .record.fingerprint import Fingerprint
 
+        start = time.perf_counter()
         space = space if space is not None else self.space(lm)
         costs = make_costs(lm, space, list(self.minimize), **self.cost_options)
         obj, obj_data = build_objective(self.objective, data=self.data, tasks=self.tasks, split=self.split,
                                         seed=self.data_seed, **self.options)
         obj.prepare(lm, obj_data)
         fingerprint = Fingerprint(self.settings(lm, obj, space, costs))
-        return Evaluator(lm, obj, prefix_sharing=self.prefix_sharing, cache_mb=self.cache_mb,
-                         memory_mb=self.memory_mb, fingerprint=fingerprint, units=space, costs=costs, problem=self)
+        evaluator = Evaluator(lm, obj, prefix_sharing=self.prefix_sharing, cache_mb=self.cache_mb,
+                              memory_mb=self.memory_mb, fingerprint=fingerprint, units=space, costs=costs, problem=self)
+        evaluator.prepare_seconds = time.perf_counter() - start  # what a search reports beside its own time
+        return evaluator
 
     def settings(self, lm, objective, space, costs: Sequence = ()) -> dict[str, Any]:
         """Everything that decides a mask's value: what the fingerprint hashes.

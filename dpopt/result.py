@@ -53,13 +53,16 @@ class Result:
     max_latency: float | None = None  # --max-latency, ms per token as the latency cost measures it
     minimize: list[str] = field(default_factory=list)  # costs minimised beside the objective
     pareto: dict[str, Any] | None = None  # the front (what pareto.json holds) of a multi-objective run
+    # the objective's preparation before the search (data tokenized, dense targets computed),
+    # beside ``wall_seconds``, the search's own time; None for an evaluator built elsewhere
+    prepare_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["history"] = [list(h) for h in self.history]
         if not self.interrupted:
             d.pop("interrupted")
-        for key in ("kl_topk", "max_params", "max_latency", "pareto"):
+        for key in ("kl_topk", "max_params", "max_latency", "pareto", "prepare_seconds"):
             if d[key] is None:
                 d.pop(key)
         if not self.minimize:

@@ -110,6 +110,9 @@ class ObjectiveBase:
     rows_additive = False
     positions_additive = False
     OPTIONS: ClassVar[Mapping[str, Option]] = {}
+    # batch index -> the dense model's partial, where ``prepare`` ran the dense model anyway:
+    # the evaluator takes the dense reference from here instead of a second forward
+    dense_partials: dict[int, Any] | None = None
 
     def __init__(self, **options: Any):
         self.options = with_defaults(self.OPTIONS, options, self.name)

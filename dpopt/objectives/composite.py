@@ -29,15 +29,21 @@ class Composite(ObjectiveBase):
     def prepare(self, lm, data=None) -> None:
         self._owner.clear()
         self.dense = []
+        self.dense_partials = {}
         index = 0
         for p, (obj, _, part_data) in enumerate(self.parts):
             obj.prepare(lm, part_data)
+            known = obj.dense_partials or {}  # a part whose preparation ran the dense model
             partials = []
             for b in obj.batches(None):
                 self._owner[index] = (p, b)
+                part = known.get(b.index)
+                if part is None:
+                    prepared = lm.masked.prepare(b.input_ids, b.attention_mask, b.position_ids, dense=True)
+                    part = obj.score(prepared.dense_logits, b)
+                partials.append(part)
+                self.dense_partials[index] = (p, part)
                 index += 1
-                prepared = lm.masked.prepare(b.input_ids, b.attention_mask, b.position_ids, dense=True)
-                partials.append(obj.score(prepared.dense_logits, b))
             self.dense.append(obj.finish(partials))
         self._batches = [Batch(i, b.input_ids, b.size, b.attention_mask, b.position_ids, {"part": p, "child": b})
                          for i, (p, b) in self._owner.items()]

@@ -42,6 +42,7 @@ class KLDivergence(TextObjective):
         if self.topk is None and n_tok * vocab * 4 > AUTO_TOPK_BYTES:
             self.topk = 1024
         dense = LayerMask.dense(lm.n_blocks)
+        self.dense_partials = {}
         for b in self._batches:
             # the dense model as the evaluator runs it (its blocks, then the head), a few
             # sequences at a time: a whole batch's logits and their log-softmax would be
@@ -64,6 +65,8 @@ class KLDivergence(TextObjective):
                 b.extra["target"] = (spill(torch.cat([p[0] for p in parts])), spill(torch.cat([p[1] for p in parts])))
             else:
                 b.extra["target"] = spill(torch.cat(parts))
+            # the dense model's own partial, as score would give it: a KL of 0 over every position
+            self.dense_partials[b.index] = np.array([0.0, b.input_ids.numel()], dtype=np.float64)
             del h, parts
 
     def score(self, logits: torch.Tensor, batch: Batch) -> np.ndarray:
