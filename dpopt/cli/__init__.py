@@ -290,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"dpopt: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("dpopt: interrupted; evaluations so far are kept in the study", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        detail = f" {exc};" if str(exc) else ";"  # e.g. before any mask was scored: no result.json
+        print(f"dpopt: interrupted{detail} evaluations so far are kept in the study", file=sys.stderr)
         return 130
