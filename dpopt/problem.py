@@ -21,8 +21,6 @@ from .data import DEFAULT_DATA_SEED, DEFAULT_TEXT
 from .errors import UserError
 
 UNIT_SPACES = ("block", "sublayer")
-SPLITS = ("calib", "eval", "all")
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def portable(spec: str | None) -> str | None:
@@ -103,8 +101,8 @@ class Problem:
         options belong to a run of several objectives (checked together with
         :func:`dpopt.objectives.validate_objective_spec`); this one keeps those it takes."""
         from .costs import check_cost_options
-        from .data import check_data_ref
-        from .models.loading import check_model_ref
+        from .data import SPLITS, check_data_ref
+        from .models.loading import DTYPES, check_model_ref
         from .objectives import options_for, uses_tasks, validate_objective_spec
 
         if self.dtype not in DTYPES:
