@@ -161,7 +161,12 @@ def run_grid(evaluator, constraint: Constraint, algos: Sequence[str], seeds: int
     wall = time.perf_counter() - start
     n_computed = evaluator.n_scored - n0
     units = None if u0 is None else evaluator.units_scored - u0
-    exp = Experiment(metric, evaluator.direction, constraint.n_units, runs)
+    from ..optim import SEARCHERS
+
+    kinds = {a: SEARCHERS.get(a) for a in algos}
+    exp = Experiment(metric, evaluator.direction, constraint.n_units, runs,
+                     blind=frozenset(a for a, f in kinds.items() if getattr(f, "objective_blind", False)),
+                     one_shot=frozenset(a for a, f in kinds.items() if getattr(f, "one_shot", False)))
     grid = Grid(exp, constraint, studies, masks, total_evals, n_computed, units, wall)
     _reference(grid, evaluator, budget, brute_force, storage, prefix, metric)
     return grid

@@ -73,6 +73,10 @@ class Experiment:
     n_blocks: int
     runs: list[Run]
     reference: Reference | None = None
+    # searchers whose asked masks ignore the objective, and those that answer without searching
+    # (``SearcherBase.objective_blind`` / ``one_shot``): the study and the plots set them apart
+    blind: frozenset[str] = frozenset()
+    one_shot: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.direction not in ("minimize", "maximize"):

@@ -35,6 +35,13 @@ class SearcherBase:
     needs_block_stats = False
     # True: ``tell`` takes one row per mask, [objective, cost, ...] (``--minimize``); see nsga2
     multi_objective = False
+    # the masks asked never depend on the values told (random draws, a ranking of the dense
+    # model's hidden states, enumeration): across objectives such a searcher agrees with
+    # itself by construction, so a study reports it apart from the searchers that search
+    objective_blind = False
+    # picks its answer without searching (a ranking, a fixed rule): a report draws it as one
+    # reference point with its gap, not as a curve
+    one_shot = False
 
     def __init__(self, constraint: Constraint, seed: int = 0):
         if not isinstance(constraint, Constraint):

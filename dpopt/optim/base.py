@@ -29,6 +29,8 @@ class Searcher(Protocol):
     constructor (SearcherBase: False).
     ``multi_objective``: ``tell`` takes one row per mask, ``[objective, cost, ...]``, so the
     searcher can run with ``--minimize`` (SearcherBase: False).
+    ``objective_blind`` / ``one_shot``: read by compare/study to report the searcher apart
+    (SearcherBase: False; see there).
     ``bind``/``incumbents``/``observe``: see below (SearcherBase: no-op / none / no-op).
     """
 

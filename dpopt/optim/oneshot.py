@@ -14,6 +14,8 @@ from .base import register_searcher
 
 class _OneShot(SearcherBase):
     needs_block_stats = True  # run_search's caller passes stats=evaluator.block_stats()
+    objective_blind = True
+    one_shot = True
 
     def __init__(self, constraint: Constraint, seed: int = 0, stats: dict | None = None):
         super().__init__(constraint, seed)

@@ -21,6 +21,7 @@ class RandomSearch(SearcherBase):
 
     name = "random"
     multi_objective = True  # it ignores what it is told, so any number of objectives will do
+    objective_blind = True  # the same seed draws the same masks under every objective
 
     def __init__(self, constraint: Constraint, seed: int = 0, batch_size: int = 16):
         super().__init__(constraint, seed)

@@ -23,6 +23,7 @@ class SingleShot(SearcherBase):
     """
 
     name = "single"
+    one_shot = True  # one ranking of single removals, no search (yet it reads the objective)
 
     def __init__(self, constraint: Constraint, seed: int = 0):
         super().__init__(constraint, seed)
