@@ -325,7 +325,10 @@ class Evaluator(MemoEvaluator):
         Inf reaches the objective's statistics and makes ``finish`` non-finite, which the
         memo layer records as the worst fitness with its reason.
         """
-        by_pos = self.objective.positions_additive
+        if batch.head_positions is not None:  # only these positions' logits are read
+            idx = batch.head_positions.to(hidden.device)
+            hidden = torch.gather(hidden, 1, idx.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        by_pos = self.objective.positions_additive and batch.head_positions is None
         by_row = by_pos or self.objective.rows_additive
         n, t = hidden.shape[0], hidden.shape[1]
         if not by_row or (n == 1 and not by_pos):

@@ -350,3 +350,32 @@ def test_text_objectives_score_a_few_positions_at_a_time(objective, tiny_lm, tex
     chunked = obj.score(logits, b)
     assert len(calls) == logits.shape[1] and set(calls) == {1}  # one position of every sequence per call
     np.testing.assert_allclose(chunked, whole, rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_acc_reads_the_head_at_the_choice_positions_only(family, tiny_lm, mc_data):
+    """The evaluator runs the head on ``head_positions`` alone; each choice's log-likelihood
+    must equal the one read from the full logits of the same packed question."""
+    lm = tiny_lm(family, N)
+    obj = Accuracy(questions=8, batch_size=4)
+    obj.prepare(lm, mc_data)
+    ev = Evaluator(lm, obj)
+    mask = LayerMask.from_removed(lm.n_blocks, [2])
+    for batch in obj.batches(None):
+        assert batch.head_positions.shape[1] < batch.input_ids.shape[1]  # the context is skipped
+        hidden = lm.masked.last_hidden(mask, ev._prep(batch))
+        full = Accuracy.logliks(lm.masked.head(hidden), batch, gathered=False)
+        idx = batch.head_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        part = Accuracy.logliks(lm.masked.head(torch.gather(hidden, 1, idx)), batch, gathered=True)
+        for a, b in zip(full, part):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # and what the evaluator scores is what the full logits give
+    want = []
+    for batch in obj.batches(None):
+        hidden = lm.masked.last_hidden(mask, ev._prep(batch))
+        lls = Accuracy.logliks(lm.masked.head(hidden), batch, gathered=False)
+        want += [float(np.argmax(ll) == g) for ll, g in zip(lls, batch.extra["gold"])]
+    widths, head = [], lm.masked.head
+    lm.masked.head = lambda h: widths.append(h.shape[1]) or head(h)
+    assert ev.raw(mask) == pytest.approx(np.mean(want))
+    assert widths and widths == [b.head_positions.shape[1] for b in obj.batches(None)]  # the head saw those only

@@ -51,6 +51,20 @@ def tree_mask(n_ctx: int, spans: list[tuple[int, int]], length: int) -> torch.Te
     return allowed
 
 
+def _predicting(spans: list[tuple[int, int]], start: int, n: int) -> list[int]:
+    """The positions whose logits predict the choice at ``start`` (length ``n``): the first
+    token of every choice is predicted by the last context token, the rest by their own."""
+    return [spans[0][0] - 1] + list(range(start, start + n - 1))
+
+
+def predicting_positions(rows: list[list[tuple[int, int]]]) -> torch.Tensor:
+    """(questions, P): each packed question's positions whose logits any choice reads,
+    padded by repeating the last (a choice's context tokens need no head)."""
+    per = [sorted({p for start, n in spans for p in _predicting(spans, start, n)}) for spans in rows]
+    width = max(len(p) for p in per)
+    return torch.tensor([p + [p[-1]] * (width - len(p)) for p in per], dtype=torch.long)
+
+
 @register_objective("acc", "accuracy")
 class Accuracy(ObjectiveBase):
     name = "acc"
@@ -93,27 +107,42 @@ class Accuracy(ObjectiveBase):
                 allowed = tree_mask(spans[0][0], spans, length)
                 mask[r, 0] = torch.where(allowed, 0.0, torch.finfo(dtype).min)
             extra = {"spans": [p[2] for p in packed], "chars": [p[3] for p in packed], "gold": [q.gold for q in chunk]}
-            self._batches.append(Batch(bi, ids, size=len(chunk), attention_mask=mask, position_ids=pos, extra=extra))
+            self._batches.append(Batch(bi, ids, size=len(chunk), attention_mask=mask, position_ids=pos, extra=extra,
+                                       head_positions=predicting_positions(extra["spans"])))
 
     def batches(self, fidelity: int | None = None):
         return take_fidelity(self._batches, fidelity)
 
     def score(self, logits: torch.Tensor, batch: Batch) -> np.ndarray:
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        ids = batch.input_ids.to(logp.device)
         correct = correct_norm = 0.0
-        for r, (spans, chars, gold) in enumerate(zip(batch.extra["spans"], batch.extra["chars"], batch.extra["gold"])):
-            ll = []
-            for start, n in spans:
-                # the first token of a choice is predicted by the last context token
-                pred = torch.cat([torch.tensor([spans[0][0] - 1]), torch.arange(start, start + n - 1)]).to(logp.device)
-                ll.append(logp[r, pred, ids[r, start : start + n]].sum().item())
-            ll = np.array(ll)
+        # the evaluator runs the head at ``head_positions`` only; a plain forward gives every
+        # position. A question's predicting positions are always fewer than its tokens (the
+        # context and each choice's last token predict nothing read), so the width tells.
+        gathered = batch.head_positions is not None and logits.shape[1] != batch.input_ids.shape[1]
+        for ll, chars, gold in zip(self.logliks(logits, batch, gathered), batch.extra["chars"], batch.extra["gold"]):
             if not np.all(np.isfinite(ll)):
                 return np.array([np.nan, np.nan, np.nan])
             correct += float(np.argmax(ll) == gold)
             correct_norm += float(np.argmax(ll / np.maximum(chars, 1)) == gold)
         return np.array([correct, correct_norm, len(batch.extra["gold"])], dtype=np.float64)
+
+    @staticmethod
+    def logliks(logits: torch.Tensor, batch: Batch, gathered: bool) -> list[np.ndarray]:
+        """Each question's total log-probability per choice; ``logits`` at ``batch.head_positions``
+        only (``gathered``: what the evaluator passes), or at every position of the batch."""
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        ids = batch.input_ids.to(logp.device)
+        where = batch.head_positions if gathered else None
+        out = []
+        for r, spans in enumerate(batch.extra["spans"]):
+            column = {int(p): j for j, p in enumerate(where[r].tolist())} if where is not None else None
+            ll = []
+            for start, n in spans:
+                pred = _predicting(spans, start, n)
+                cols = pred if column is None else [column[p] for p in pred]
+                ll.append(logp[r, torch.tensor(cols, device=logp.device), ids[r, start : start + n]].sum().item())
+            out.append(np.array(ll))
+        return out
 
     def finish(self, partials) -> float:
         acc, acc_norm = self.report(partials).values()

@@ -27,6 +27,11 @@ class Batch:
     attention_mask: torch.Tensor | None = None  # 2D padding mask or a custom 4D mask
     position_ids: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # targets the objective needs
+    # (B, P) positions whose logits ``score`` reads, or None for all: the head is the largest
+    # cost of a mask (Gemma 3's is 168M parameters per token), so an objective that reads a
+    # few positions (a choice's tokens, not its context) has the head run on those alone and
+    # gets logits of shape (B, P, V), column j for position ``head_positions[:, j]``
+    head_positions: torch.Tensor | None = None
 
     def rows(self, start: int, stop: int) -> "Batch":
         """Sequences ``start:stop`` of this batch, with every per-sequence tensor cut alike.
@@ -58,9 +63,11 @@ class Batch:
                 return tuple(cut(v) for v in x)
             return x
 
+        if dim == 1 and self.head_positions is not None:
+            raise ValueError("a batch with head_positions cannot be cut along positions")
         part = self.input_ids[span]
         return Batch(self.index, part, int(self.size * part.shape[dim] // max(lead[dim], 1)), cut(self.attention_mask),
-                     cut(self.position_ids), {k: cut(v) for k, v in self.extra.items()})
+                     cut(self.position_ids), {k: cut(v) for k, v in self.extra.items()}, cut(self.head_positions))
 
 
 @runtime_checkable
