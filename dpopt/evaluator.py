@@ -177,6 +177,15 @@ class Evaluator(MemoEvaluator):
         the data holds 2048, so a race stage and a full evaluation share their values."""
         return int(sum(b.size for b in self.objective.batches(fidelity)))
 
+    def scored_masks(self) -> list[LayerMask]:
+        """Every mask this evaluator holds at full fidelity (its memo), in the order first scored:
+        what a study correlates objectives over without scoring anything again."""
+        need = {b.index for b in self.objective.batches(None)}
+        have: dict[bytes, set[int]] = {}
+        for key, index in self.partials:
+            have.setdefault(key, set()).add(index)
+        return [LayerMask.from_key(k) for k, got in have.items() if need <= got]
+
     def details(self, mask: LayerMask, fidelity: int | None = None) -> dict[str, float]:
         """The objective's full report for a mask (e.g. acc and acc_norm), from its memoised partials."""
         self.evaluate([mask], fidelity)

@@ -310,6 +310,7 @@ class GridPlan:
     report: str | None = None
     overwrite: bool = False
     storage: str | None = None
+    reference_budget: int = 5000
 
     def validate(self) -> "GridPlan":
         from .optim import SEARCHERS
@@ -321,6 +322,7 @@ class GridPlan:
         if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(self.budget, int)
                                         or self.budget < 1):
             raise UserError(f"--budget must be a positive number of evaluations, got {self.budget}")
+        _check_int(self.reference_budget, "--reference-budget", 0)
         if self.storage == "none":
             raise UserError("compare and study read their runs back from the study storage; --storage none is not "
                             "allowed")

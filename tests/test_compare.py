@@ -3,6 +3,7 @@ the union of distinct evaluations, a broken searcher fails alone, bad input exit
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import sys
 import textwrap
@@ -12,6 +13,7 @@ import optuna
 import pytest
 
 import dpopt
+from dpopt.fitness import to_minimize
 from dpopt.cli import main
 from dpopt.experiments.compare import run_grid
 from dpopt.fitness import FunctionEvaluator
@@ -167,7 +169,14 @@ def test_study_rank_matrix_holds_the_final_masks_and_their_values(lm, text_file,
     for name, g in res.grids.items():
         for run in g.experiment.runs:
             finals.setdefault(run.removed, {})[name] = run.value
-    assert set(finals) <= set(rm.masks) and len(rm.masks) == len(finals) + 4
+    # the space (15 masks) fits the reference budget: brute force ran first, so the rank
+    # correlations cover every valid mask, and the searchers after it computed nothing
+    every = set(itertools.combinations(range(lm.n_blocks), 2))
+    assert set(rm.masks) == every and len(rm.masks) == len(every)
+    for name, g in res.grids.items():
+        assert g.experiment.reference.exact and g.reference_cost >= len(every) and g.masks_computed == 0
+        best = min(range(len(rm.masks)), key=lambda i: rm.values[i, rm.objectives.index(name)])
+        assert g.experiment.reference.removed == rm.masks[best]
     for removed, vals in finals.items():
         row = rm.masks.index(removed)
         for name, v in vals.items():
@@ -178,3 +187,17 @@ def test_study_rank_matrix_holds_the_final_masks_and_their_values(lm, text_file,
     assert corr.spearman == pytest.approx(spearmanr(rm.values[:, 0], rm.values[:, 1]).statistic)
     assert set(res.heldout) >= {f"{a} @ {o}" for a in ("random", "genetic") for o in ("ppl", "kl")}
     assert math.isfinite(res.report["overlap"].across_objectives)
+
+
+def test_without_brute_force_the_rank_matrix_holds_the_finals_and_random_masks(lm, text_file, tmp_path):
+    res = dpopt.study(lm, "ppl,kl", algos="random,genetic", remove=2, budget=6, seeds=2, report=None,
+                      storage=f"sqlite:///{tmp_path}/s.db", data=str(text_file), random_masks=4, progress=False,
+                      tokens=64, seq_len=32, reference_budget=10)
+    rm = res.rank_matrix
+    finals = {run.removed for g in res.grids.values() for run in g.experiment.runs}
+    assert set(finals) <= set(rm.masks)
+    for g in res.grids.values():  # a long reference run of 10 evaluations: best known, not proven
+        assert not g.experiment.reference.exact and "best known" in g.reference_note
+        assert g.reference_run is not None and len(g.reference_run.trace) == 10
+        runs_best = min(float(to_minimize(r.value, g.experiment.direction)) for r in g.experiment.runs)
+        assert float(to_minimize(g.experiment.reference.value, g.experiment.direction)) <= runs_best

@@ -50,7 +50,7 @@ def _grid_options(a) -> dict[str, dict]:
 def _grid_kwargs(a) -> dict:
     return dict(algos=a.algos, remove=a.remove, budget=a.budget, seeds=a.seeds, report=a.report, storage=a.storage,
                 data=a.data, tasks=a.tasks, data_seed=a.data_seed, protect=a.protect,
-                brute_force=True if a.brute_force else None, seconds=a.time_budget, algo_options=_grid_options(a),
+                brute_force=True if a.brute_force else None, reference_budget=a.reference_budget, seconds=a.time_budget, algo_options=_grid_options(a),
                 overwrite=a.overwrite, progress=not a.no_progress,
                 evaluator_options=dict(prefix_sharing=not a.no_prefix_sharing, cache_mb=a.cache_mb,
                                        memory_mb=a.memory_mb),
@@ -60,7 +60,8 @@ def _grid_kwargs(a) -> dict:
 def _check_grid(a) -> None:
     from ..api import GridPlan, parse_names
 
-    GridPlan(parse_names(a.algos, "--algos"), a.seeds, a.budget, a.report, a.overwrite, a.storage).validate()
+    GridPlan(parse_names(a.algos, "--algos"), a.seeds, a.budget, a.report, a.overwrite, a.storage,
+             a.reference_budget).validate()
     _grid_options(a)
 
 
@@ -81,7 +82,7 @@ def cmd_compare(a) -> int:
     ref = res.report.get("reference")
     if ref is not None:
         print(f"reference {g.experiment.objective} = {ref.value:.6g} removing {list(ref.removed)} "
-              f"({'brute-force optimum' if ref.exact else 'best found'})")
+              f"({'exact optimum, brute force' if ref.exact else 'best known, not proven'})")
     for row in res.report.get("rows", []):
         print(f"  {row.algo:<14} median {row.median:.6g}  best {row.best:.6g}  ok {row.n_ok}/{row.n_ok + row.n_failed}")
     print(f"report: {os.path.join(a.report, 'index.html')} (and report.md); studies in {res.storage}")

@@ -154,15 +154,19 @@ def _grid_parsers(sub) -> None:
 
 def _grid_args(p: argparse.ArgumentParser) -> None:
     """What compare and study share: the grid, its storage and report, and the data options of search."""
-    p.add_argument("--algos", default="greedy,beam,random,genetic,anneal",
+    p.add_argument("--algos", default="greedy,beam,random,genetic,cma,bayes,anneal,bi,angular,single,last",
                    help="comma-separated searcher names (dpopt algos), ng:NAME, optuna:NAME or package.module:Class")
     p.add_argument("--remove", type=int, required=True, help="number of blocks to remove (K)")
     p.add_argument("--protect", default=None, help="blocks never removed, e.g. 0,-1")
     p.add_argument("--budget", type=int, default=200, help="evaluations per run (each mask a searcher asks counts)")
     p.add_argument("--time-budget", type=float, default=None, help="seconds per run")
     p.add_argument("--seeds", type=int, default=5, help="runs per searcher, seeds 0..N-1")
+    p.add_argument("--reference-budget", type=int, default=5000,
+                   help="brute-force the space first when it holds at most this many masks (the exact optimum, "
+                        "and free scores for every searcher after it); else one reference run this long gives "
+                        "the best known mask (default 5000; 0: the compared runs' best only)")
     p.add_argument("--brute-force", action="store_true",
-                   help="enumerate every mask for the true optimum even when the space exceeds --budget")
+                   help="enumerate every mask for the true optimum whatever --reference-budget says")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///dpopt-studies.db) or "
                                                    "journal:FILE; one study per (searcher, seed)")
     p.add_argument("--report", required=True, help="report folder (must be new or empty)")

@@ -31,6 +31,12 @@ class LayerMask:
             bits[int(i)] = False
         return cls(bits)
 
+    @classmethod
+    def from_key(cls, key: bytes) -> "LayerMask":
+        """The mask whose :meth:`key` this is (memo keys name masks)."""
+        n = int.from_bytes(key[-4:], "little")
+        return cls(np.unpackbits(np.frombuffer(key[:-4], dtype=np.uint8))[:n].astype(bool))
+
     # --- identity -----------------------------------------------------------------------
     @property
     def n_units(self) -> int:

@@ -65,3 +65,32 @@ class AngularSpan(_OneShot):
             return span
         # a parameter budget the span misses: rank single blocks by the same angle instead
         return constraint.from_scores(np.array([ang[i, i + 1] for i in range(constraint.n_units)]))
+
+
+@register_searcher("last")
+class DropLast(SearcherBase):
+    """Remove the k blocks just before the final one ("Reassessing Layer Pruning", ICLR 2026:
+    with light healing this simple rule beats fancier selection). One evaluation.
+
+    Options: ``keep_final`` (bool, default True): keep the final block, as that paper does;
+    False removes the last k blocks outright. Protected blocks are skipped (the next
+    earlier ones go instead); under a parameter budget, as many as it needs.
+    """
+
+    name = "last"
+    objective_blind = True
+    one_shot = True
+
+    def __init__(self, constraint: Constraint, seed: int = 0, keep_final: bool = True):
+        super().__init__(constraint, seed)
+        if not isinstance(keep_final, bool):
+            raise ValueError(f"keep_final must be true or false, got {keep_final!r}")
+        n = constraint.n_units
+        importance = np.arange(n, 0, -1, dtype=float)  # later units matter less ...
+        if keep_final:
+            importance[n - 1] = np.inf  # ... except the final one
+        self.mask = constraint.from_scores(importance)
+
+    def _ask(self) -> list[LayerMask]:
+        self._done = True
+        return [self.mask]
