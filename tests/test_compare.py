@@ -187,6 +187,9 @@ def test_study_rank_matrix_holds_the_final_masks_and_their_values(lm, text_file,
     assert corr.spearman == pytest.approx(spearmanr(rm.values[:, 0], rm.values[:, 1]).statistic)
     assert set(res.heldout) >= {f"{a} @ {o}" for a in ("random", "genetic") for o in ("ppl", "kl")}
     assert math.isfinite(res.report["overlap"].across_objectives)
+    # random is objective-blind: its overlaps are reported apart, and 2 seeds a cell allow no verdict
+    assert res.report["overlap"].searchers == ("genetic",) and res.report["blind_overlap"].searchers == ("random",)
+    assert res.report["headline"].startswith("No finding")
 
 
 def test_without_brute_force_the_rank_matrix_holds_the_finals_and_random_masks(lm, text_file, tmp_path):

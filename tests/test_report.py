@@ -19,6 +19,7 @@ from dpopt.experiments import pairwise, stats
 from dpopt.errors import UserError
 from dpopt.genome import Constraint, LayerMask
 from dpopt.experiments.report import build_compare_report, build_study_report, prepare_dir
+from dpopt.experiments.agreement import rank_correlations, study_finding
 from dpopt.experiments.stats import Evaluation, Experiment, RankMatrix, Reference, Run, Score
 from test_searchers_synthetic import brute_force, make_objective
 
@@ -188,20 +189,21 @@ def _study(masks_by_objective: dict[str, dict[str, list[tuple[int, ...]]]]) -> d
 
 def test_objective_vs_searcher_overlap_and_verdict():
     # every searcher agrees within an objective; the objectives pick disjoint blocks
-    exps = _study({"ppl": {"g": [(1, 2), (1, 2), (1, 3)], "r": [(1, 2), (1, 2), (1, 2)]},
-                   "kl": {"g": [(5, 6), (5, 6), (5, 6)], "r": [(5, 6), (5, 7), (5, 6)]}})
-    ov = stats.objective_vs_searcher(exps, n_boot=300)
+    exps = _study({"ppl": {"g": [(1, 2), (1, 2), (1, 3), (1, 2), (1, 2)], "r": [(1, 2)] * 5},
+                   "kl": {"g": [(5, 6)] * 5, "r": [(5, 6), (5, 7), (5, 6), (5, 6), (5, 6)]}})
+    f = study_finding(exps, n_boot=300)
+    ov = f.overlap
     assert ov.across_objectives == 0.0
-    # ppl g-r: 6 pairs of 1, 3 of 1/3 -> 7/9; kl: likewise 7/9
-    assert ov.across_searchers == pytest.approx(7 / 9)
+    # ppl g-r: 20 pairs of 1, 5 of 1/3 -> 0.8+1/15; kl: likewise
+    assert ov.across_searchers == pytest.approx((20 + 5 / 3) / 25)
     assert ov.diff_low > 0 and ov.objective_matters_more is True
-    assert "objective matters more" in stats.headline(ov) and "0.78" in stats.headline(ov)
+    assert f.converged and "objective matters more" in f.text and "0.87" in f.text
     # the same masks everywhere: no difference, and the verdict says so instead of picking a side
-    same = _study({"ppl": {"g": [(1, 2), (3, 4)], "r": [(1, 2), (3, 4)]},
-                   "kl": {"g": [(1, 2), (3, 4)], "r": [(1, 2), (3, 4)]}})
-    ov2 = stats.objective_vs_searcher(same, n_boot=300)
-    assert ov2.across_objectives == ov2.across_searchers == 0.5
-    assert ov2.objective_matters_more is None and "neither" in stats.headline(ov2)
+    same = _study({"ppl": {"g": [(1, 2), (3, 4)] * 3, "r": [(1, 2), (3, 4)] * 3},
+                   "kl": {"g": [(1, 2), (3, 4)] * 3, "r": [(1, 2), (3, 4)] * 3}})
+    f2 = study_finding(same, n_boot=300)
+    assert f2.overlap.across_objectives == f2.overlap.across_searchers == 0.5
+    assert f2.overlap.objective_matters_more is None and "neither" in f2.text
 
 
 def test_rank_correlations_match_scipy_with_directions():
@@ -210,7 +212,7 @@ def test_rank_correlations_match_scipy_with_directions():
     kl = ppl * 0.02 + rng.normal(0, 0.15, 30)
     acc = 0.6 - ppl / 200 + rng.normal(0, 0.05, 30)  # higher is better: should agree with ppl
     rm = RankMatrix(["ppl", "kl", "acc"], ["minimize", "minimize", "maximize"], np.column_stack([ppl, kl, acc]))
-    corr = {(c.a, c.b): c for c in stats.rank_correlations(rm)}
+    corr = {(c.a, c.b): c for c in rank_correlations(rm)}
     s = sps.spearmanr(ppl, kl)
     assert corr[("ppl", "kl")].spearman == pytest.approx(s.statistic)
     assert corr[("ppl", "kl")].spearman_p == pytest.approx(s.pvalue)
@@ -267,7 +269,9 @@ def test_study_report_files(tmp_path):
     out = build_study_report(exps, tmp_path / "s", rank_matrix=rm, n_boot=100)
     page = (tmp_path / "s" / "index.html").read_text()
     assert out["headline"] in page.replace("&#x27;", "'")
-    assert (tmp_path / "s" / "rank_correlation.png").exists() and (tmp_path / "s" / "kl_blocks.svg").exists()
+    # two runs per cell: converged (every run at the best value) but too few seeds for an interval
+    assert out["headline"].startswith("No finding: the runs converged") and "fewest runs in a cell: 2" in page
+    assert (tmp_path / "s" / "agreement_ppl_kl.png").exists() and (tmp_path / "s" / "kl_blocks.svg").exists()
     assert page.count("data:image/png;base64,") == 1 + 2 * 6
 
 

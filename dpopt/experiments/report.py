@@ -5,8 +5,9 @@ calls one of two functions:
 
 ``build_compare_report(exp, report_dir, heldout=None, grid_cost=None, overwrite=False)``
     one objective, many (searcher, seed) runs;
-``build_study_report(experiments, report_dir, rank_matrix=None, heldout=None, ...)``
-    the compare grid per objective, plus the objective-vs-searcher question.
+``build_study_report(experiments, report_dir, rank_matrix=None, heldout=None, ..., ert_budget=None)``
+    the compare grid per objective, the objective-vs-searcher overlaps behind a gated headline,
+    and how the objectives agree on the good masks (:mod:`.agreement`).
 
 A report is a list of blocks (heading, paragraph, table, figure) rendered twice, to
 Markdown and to HTML, so the two never disagree. Plots are drawn with matplotlib's Agg
@@ -33,6 +34,7 @@ from .stats import (  # noqa: F401  (re-exported: the integrator imports the inp
     best_so_far, ecdf, headline, indistinguishable, jaccard_matrix, objective_vs_searcher,
     rank_correlations, removal_frequency, summary_table,
 )
+from .agreement import study_finding
 from .pairwise import pairwise_tests, win_matrix
 
 # held-out input: {searcher: {objective: value | (value, standard error) | Score}}
@@ -371,40 +373,28 @@ def build_compare_report(exp: Experiment, report_dir: str | os.PathLike, heldout
 def build_study_report(experiments: Mapping[str, Experiment], report_dir: str | os.PathLike,
                        rank_matrix: RankMatrix | None = None, heldout: Heldout | None = None,
                        grid_cost: Mapping[str, object] | None = None, title: str | None = None,
-                       overwrite: bool = False, n_boot: int = 1000) -> dict:
-    """Write the study report: does the objective matter more than the searcher?
+                       overwrite: bool = False, n_boot: int = 1000, ert_budget: int | None = None) -> dict:
+    """Write the study report: do searchers agree under one objective, do objectives agree?
 
-    ``experiments``: {objective name: its compare grid}. ``rank_matrix``: one common set of
-    masks scored under every objective (the grid's final masks plus random ones).
-    ``heldout``: {searcher or "searcher @ objective": {objective: value or (value, se)}}.
+    ``experiments``: {objective name: its compare grid}. ``rank_matrix``: masks scored under
+    every objective (every mask the grids scored under all of them; all of the space where
+    brute force ran). ``heldout``: {searcher or "searcher @ objective": {objective: value or
+    (value, se)}}. ``ert_budget``: the per-run budget the ERT suggests, named by the headline
+    when the runs did not converge (None: not known).
     """
+    from .study_sections import agreement_section, study_overlap_section
+
     path = prepare_dir(report_dir, overwrite)
     doc = Doc(title or "dpopt study: " + ", ".join(experiments))
-    ov = objective_vs_searcher(experiments, n_boot=n_boot)
-    numbers: dict = {"overlap": ov, "headline": headline(ov)}
-    doc.p(numbers["headline"])
+    finding = study_finding(experiments, n_boot=n_boot, ert_budget=ert_budget)
+    numbers: dict = {"finding": finding, "overlap": finding.overlap, "blind_overlap": finding.blind,
+                     "convergence": finding.convergence, "headline": finding.text}
+    doc.p(finding.text)
     _cost_lines(grid_cost, doc)
-    doc.h("Objective vs searcher")
-    doc.table(["overlap of removed blocks (mean Jaccard)", "value"],
-              [["across objectives, same searcher", ov.across_objectives],
-               ["across searchers, same objective", ov.across_searchers],
-               ["difference (searchers − objectives)", ov.across_searchers - ov.across_objectives],
-               ["95% seed-bootstrap interval", f"[{_fmt(ov.diff_low, 3)}, {_fmt(ov.diff_high, 3)}]"]])
+    study_overlap_section(finding, experiments, doc)
     if rank_matrix is not None:
-        corr = rank_correlations(rank_matrix)
-        numbers["correlations"] = corr
-        doc.h("Do the objectives rank masks alike?")
-        doc.p(f"Over {len(rank_matrix.values)} common masks; values signed so that a positive correlation "
-              "means the two objectives agree on which masks are better.")
-        doc.table(["A", "B", "Spearman ρ", "p", "Kendall τ", "p", "masks"],
-                  [[c.a, c.b, c.spearman, c.spearman_p, c.kendall, c.kendall_p, c.n] for c in corr])
-        names = rank_matrix.objectives
-        m = np.eye(len(names))
-        for c in corr:
-            i, j = names.index(c.a), names.index(c.b)
-            m[i, j] = m[j, i] = c.spearman
-        plot_matrix(m, names, names, "Spearman rank correlation between objectives", path, "rank_correlation",
-                    doc, vmin=-1.0)
+        numbers["correlations"] = rank_correlations(rank_matrix)
+        numbers["agreements"] = agreement_section(rank_matrix, numbers["correlations"], path, doc)
     numbers["objectives"] = {}
     for name, exp in experiments.items():
         doc.h(f"Objective {name}")

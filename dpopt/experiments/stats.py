@@ -1,4 +1,5 @@
-"""The numbers behind ``dpopt compare`` and ``dpopt study``, as pure functions over plain data.
+"""The numbers behind ``dpopt compare``, as pure functions over plain data (the study's own
+questions are in :mod:`.agreement`).
 
 Nothing here knows about models, studies or files: a :class:`Run` is what one (searcher,
 seed) left behind, and every function maps runs to numbers. ``report.py`` draws and writes
@@ -14,7 +15,7 @@ import itertools
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -282,62 +283,11 @@ def jaccard_matrix(exp: Experiment) -> np.ndarray:
     return m
 
 
-# --- study: does the objective matter more than the searcher? -------------------------------
-def _cells(exps: Mapping[str, Experiment]) -> dict[tuple[str, str], list[tuple[int, ...]]]:
-    return {(o, a): [tuple(r.removed) for r in e.ok_runs(a)] for o, e in exps.items() for a in e.algos}
-
-
-def _overlaps(cells: Mapping[tuple[str, str], list]) -> tuple[float, float]:
-    objectives = list(dict.fromkeys(o for o, _ in cells))
-    algos = list(dict.fromkeys(a for _, a in cells))
-    across_algos = [mean_jaccard(cells[(o, a)], cells[(o, b)])
-                    for o in objectives for a, b in itertools.combinations(algos, 2)
-                    if cells.get((o, a)) and cells.get((o, b))]
-    across_obj = [mean_jaccard(cells[(o, a)], cells[(p, a)])
-                  for a in algos for o, p in itertools.combinations(objectives, 2)
-                  if cells.get((o, a)) and cells.get((p, a))]
-    return (float(np.mean(across_obj)) if across_obj else math.nan,
-            float(np.mean(across_algos)) if across_algos else math.nan)
-
-
-@dataclass
-class Overlap:
-    across_objectives: float  # same searcher, different objectives: mean Jaccard of final masks
-    across_searchers: float  # same objective, different searchers
-    diff_low: float  # 95% bootstrap interval of across_searchers - across_objectives
-    diff_high: float
-    n_boot: int
-
-    @property
-    def objective_matters_more(self) -> bool | None:
-        """True/False when the interval excludes 0; None when the difference is inside the noise."""
-        if not np.isfinite(self.diff_low) or self.diff_low <= 0 <= self.diff_high:
-            return None
-        return self.diff_low > 0
-
-
-def objective_vs_searcher(exps: Mapping[str, Experiment], n_boot: int = 1000, seed: int = 0) -> Overlap:
-    """Overlap of removed blocks across objectives vs across searchers, with a seed bootstrap.
-
-    The interval resamples, within every (objective, searcher) cell, its runs with
-    replacement: seeds are the unit of replication, so this is how much the two overlaps
-    would move with other seeds.
-    """
-    cells = _cells(exps)
-    obj, alg = _overlaps(cells)
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n_boot if np.isfinite(obj) and np.isfinite(alg) else 0):
-        boot = {k: [v[i] for i in rng.integers(0, len(v), len(v))] if v else v for k, v in cells.items()}
-        o, a = _overlaps(boot)
-        diffs.append(a - o)
-    low, high = (np.percentile(diffs, [2.5, 97.5]) if diffs else (math.nan, math.nan))
-    return Overlap(obj, alg, float(low), float(high), len(diffs))
-
-
+# --- study input ----------------------------------------------------------------------------------
 @dataclass
 class RankMatrix:
-    """Raw values of one common set of masks (rows) under several objectives (columns)."""
+    """Raw values of one common set of masks (rows) under several objectives (columns);
+    :mod:`.agreement` reads it."""
 
     objectives: list[str]
     directions: list[str]
@@ -345,53 +295,16 @@ class RankMatrix:
     masks: list[tuple[int, ...]] = field(default_factory=list)
 
 
-@dataclass
-class Correlation:
-    a: str
-    b: str
-    spearman: float
-    spearman_p: float
-    kendall: float
-    kendall_p: float
-    n: int
+# the study's statistics live in .agreement; these names stay importable from here
+_MOVED = ("Correlation", "Overlap", "headline", "objective_vs_searcher", "rank_correlations")
 
 
-def rank_correlations(rm: RankMatrix) -> list[Correlation]:
-    """Spearman and Kendall between every two objectives, on "lower is better" values.
+def __getattr__(name: str):
+    if name in _MOVED:
+        from . import agreement
 
-    Signing first makes a positive correlation mean the objectives agree on which masks are
-    good, whatever their directions. Masks with a non-finite value under either are dropped.
-    """
-    vals = np.column_stack([signed(rm.values[:, j], d) for j, d in enumerate(rm.directions)]) \
-        if len(rm.objectives) else np.zeros((0, 0))
-    out = []
-    for i, j in itertools.combinations(range(len(rm.objectives)), 2):
-        x, y = vals[:, i], vals[:, j]
-        keep = np.isfinite(x) & np.isfinite(y)
-        x, y = x[keep], y[keep]
-        if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-            out.append(Correlation(rm.objectives[i], rm.objectives[j], *(math.nan,) * 4, len(x)))
-            continue
-        sps = _scipy_stats()
-        s = sps.spearmanr(x, y)
-        k = sps.kendalltau(x, y)
-        out.append(Correlation(rm.objectives[i], rm.objectives[j], float(s.statistic), float(s.pvalue),
-                               float(k.statistic), float(k.pvalue), len(x)))
-    return out
-
-
-def headline(ov: Overlap) -> str:
-    """One sentence, from the numbers; a difference inside the bootstrap interval is no finding."""
-    nums = (f"mean Jaccard overlap of removed blocks: {ov.across_objectives:.2f} across objectives "
-            f"(same searcher) vs {ov.across_searchers:.2f} across searchers (same objective); "
-            f"difference {ov.across_searchers - ov.across_objectives:+.2f}, "
-            f"95% seed-bootstrap interval [{ov.diff_low:+.2f}, {ov.diff_high:+.2f}]")
-    verdict = ov.objective_matters_more
-    if verdict is None:
-        return f"Within the noise of these seeds, neither the objective nor the searcher matters more ({nums})."
-    if verdict:
-        return f"The objective matters more than the searcher ({nums})."
-    return f"The searcher matters more than the objective ({nums})."
+        return getattr(agreement, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- held-out ------------------------------------------------------------------------------
