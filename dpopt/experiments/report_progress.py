@@ -90,7 +90,8 @@ def plot_gap_curves(exp: Experiment, ref: Reference, axis: str, report_dir: Path
     ax.set_xlabel("evaluations (log)" if axis == "evaluations" else "scored tokens / questions (log)")
     ax.set_ylabel(("absolute gap x − ref" if ref.value == 0 else "relative gap (x − ref) / |ref|") + " (log)")
     ax.set_title(f"{exp.objective}: best valid so far vs {_reference_title(ref)}", fontsize=10)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     band = f"band = quartiles where at least {MIN_RUNS_FOR_BANDS} runs have a value"
     _save(fig, report_dir, name, f"Gap of the best valid {exp.objective} so far to the reference "
           f"({_reference_title(ref)}) vs {ax.get_xlabel()}: median over seeds, {band}; one-shot baselines as "
@@ -122,7 +123,8 @@ def plot_runtime_ecdf(exp: Experiment, ref: Reference, report_dir: Path, name: s
     ax.set_xlabel("evaluations (log)")
     ax.set_ylabel("fraction of (run, target) pairs reached")
     ax.set_title(f"{exp.objective}: runtime ECDF over {len(targets)} targets, {_reference_title(ref)}", fontsize=10)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     shown = ", ".join(target_label(t, ref) for t in targets)
     _save(fig, report_dir, name, f"Runtime ECDF: the fraction of (run, target) pairs whose best valid {exp.objective} "
           f"came within the target gap by each budget; targets {shown}", doc)
