@@ -49,8 +49,12 @@ def test_anytime_curve_median_and_band_over_seeds():
     best = np.array([[9, 7, 7, 3], [8, 8, 2, 2], [6, 5, 5, 5]], dtype=float)  # held at its last value
     assert np.allclose(c.x, [1, 2, 3, 4])
     assert np.allclose(c.median, np.median(best, axis=0))
-    assert np.allclose(c.low, np.percentile(best, 25, axis=0))
-    assert np.allclose(c.high, np.percentile(best, 75, axis=0))
+    assert np.isnan(c.low).all() and np.isnan(c.high).all()  # 3 seeds: no band to claim
+    runs5 = runs + [run("a", 3, [5, 4, 4, 1]), run("a", 4, [7, 7, 6, 6])]
+    best5 = np.vstack([best, [[5, 4, 4, 1], [7, 7, 6, 6]]])
+    c5 = stats.anytime_curve(runs5, "minimize")
+    assert np.allclose(c5.low, np.percentile(best5, 25, axis=0))
+    assert np.allclose(c5.high, np.percentile(best5, 75, axis=0))
     # on the token axis each run has its own x: 10, 20, ... per evaluation here, 25 per one for "b"
     runs_u = [run("a", 0, [9, 7, 7, 3], units=10.0), run("b", 0, [4, 1], units=25.0)]
     cu = stats.anytime_curve(runs_u, "minimize", axis="units")
@@ -98,7 +102,8 @@ def test_summary_table_against_hand_values(synthetic):
         vals = np.array([r.value for r in ok])
         row = rows[algo]
         assert row.n_ok == 3
-        assert row.mean == pytest.approx(vals.mean()) and row.sd == pytest.approx(vals.std(ddof=1))
+        assert row.mean == pytest.approx(vals.mean()) and row.values == pytest.approx(tuple(vals))
+        assert math.isnan(row.sd)  # 3 runs: no sd to claim, the report lists the values
         assert row.median == pytest.approx(np.median(vals))
         assert row.gap_mean == pytest.approx(np.mean(vals - opt))
         assert row.gap_rel_mean == pytest.approx(np.mean((vals - opt) / abs(opt)))
@@ -235,7 +240,7 @@ def test_compare_report_files(synthetic, tmp_path):
                                                                "poor": {"ppl": (25.0, 0.3), "acc": 0.38}},
                                grid_cost={"evaluations counted": 40, "distinct masks scored": 28})
     d = tmp_path / "rep"
-    figures = ["anytime_evaluations", "anytime_tokens", "ecdf", "win_rate", "blocks", "jaccard"]
+    figures = ["gap_evaluations", "runtime_ecdf", "win_rate", "blocks", "jaccard"]  # one fidelity: no tokens axis
     for name in figures:
         assert (d / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert b"<svg" in (d / f"{name}.svg").read_bytes()[:500]
@@ -245,6 +250,9 @@ def test_compare_report_files(synthetic, tmp_path):
     md = (d / "report.md").read_text()
     assert "FAILED" in md and "boom" in md and "distinct masks scored: 28" in md
     assert "ppl: good 20 to poor 25, beyond 1.96 standard errors" in md
+    assert not (d / "gap_tokens.png").exists()
+    assert "ERT to optimum (reached/runs)" in md and "within 1% of optimum" in md
+    assert "too few runs to test (min p = 0.1)" in md  # 3 against 3 runs cannot reach 0.05
     for name in figures:
         assert f"({name}.png)" in md
     with open(d / "evaluations.csv") as f:
@@ -272,7 +280,7 @@ def test_study_report_files(tmp_path):
     # two runs per cell: converged (every run at the best value) but too few seeds for an interval
     assert out["headline"].startswith("No finding: the runs converged") and "fewest runs in a cell: 2" in page
     assert (tmp_path / "s" / "agreement_ppl_kl.png").exists() and (tmp_path / "s" / "kl_blocks.svg").exists()
-    assert page.count("data:image/png;base64,") == 1 + 2 * 6
+    assert page.count("data:image/png;base64,") == 1 + 2 * 5
 
 
 def test_report_dir_that_is_a_file(tmp_path):

@@ -1,4 +1,11 @@
-"""Pairwise tests between searchers: Mann-Whitney U on final values, Holm's adjustment, win rates."""
+"""Pairwise tests between searchers: Mann-Whitney U on final values, Holm's adjustment, win rates.
+
+A test is run only where it could reject: with n1 and n2 runs the exact two-sided
+Mann-Whitney p-value can never go below ``2 / C(n1 + n2, n1)`` (the two most extreme
+orderings), so 2 runs against 2 (minimum 0.33) or 3 against 3 (0.1) cannot show anything at
+0.05 however far apart they are. Such a pair says "too few runs to test" with that minimum,
+instead of a p-value that reads as "no difference".
+"""
 from __future__ import annotations
 
 import itertools
@@ -24,14 +31,33 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return adj
 
 
+ALPHA = 0.05
+
+
+def min_p_value(n1: int, n2: int) -> float:
+    """The smallest exact two-sided Mann-Whitney p-value that n1 against n2 runs can give."""
+    if n1 < 1 or n2 < 1:
+        return 1.0
+    return min(1.0, 2.0 / math.comb(n1 + n2, n1))
+
+
 @dataclass
 class Pair:
     a: str
     b: str
-    u: float  # Mann-Whitney U of a's signed final values against b's
-    p: float
-    p_holm: float
+    u: float  # Mann-Whitney U of a's signed final values against b's (NaN when not tested)
+    p: float  # NaN when not tested
+    p_holm: float  # Holm over the tested pairs only; NaN when not tested
     win_rate: float  # a beats b (lower signed value), ties half
+    min_p: float = 0.0  # the smallest p these run counts allow
+    tested: bool = True  # False: min_p >= alpha, a test could not reject
+
+    def verdict(self, alpha: float = ALPHA) -> str:
+        if not self.tested:
+            return f"too few runs to test (min p = {self.min_p:.3g})"
+        if self.p_holm < alpha:
+            return "A better" if self.win_rate > 0.5 else "B better"
+        return "no significant difference"
 
 
 def win_rate(a: Sequence[float], b: Sequence[float]) -> float:
@@ -42,20 +68,29 @@ def win_rate(a: Sequence[float], b: Sequence[float]) -> float:
     return float(((a < b).sum() + 0.5 * (a == b).sum()) / (a.size * b.size))
 
 
-def pairwise_tests(exp: Experiment) -> list[Pair]:
-    """Two-sided Mann-Whitney U between every two searchers' final values, Holm-adjusted together."""
+def pairwise_tests(exp: Experiment, alpha: float = ALPHA) -> list[Pair]:
+    """Two-sided Mann-Whitney U between every two searchers' final values, Holm-adjusted together.
+
+    Pairs whose run counts cannot reach ``alpha`` (:func:`min_p_value`) are not tested and do
+    not enter Holm's count: an untestable pair would only weaken the others' correction.
+    """
     finals = {a: signed([r.value for r in exp.ok_runs(a)], exp.direction) for a in exp.algos}
     pairs = [(a, b) for a, b in itertools.combinations(exp.algos, 2) if len(finals[a]) and len(finals[b])]
-    raw = []
+    min_p = {(a, b): min_p_value(len(finals[a]), len(finals[b])) for a, b in pairs}
+    raw = {}
     for a, b in pairs:
+        if min_p[(a, b)] >= alpha:
+            continue
         if np.ptp(np.concatenate([finals[a], finals[b]])) == 0:
-            raw.append((len(finals[a]) * len(finals[b]) / 2, 1.0))  # all equal: no evidence either way
+            raw[(a, b)] = (len(finals[a]) * len(finals[b]) / 2, 1.0)  # all equal: no evidence either way
         else:
             res = _scipy_stats().mannwhitneyu(finals[a], finals[b], alternative="two-sided")
-            raw.append((float(res.statistic), float(res.pvalue)))
-    adj = holm([p for _, p in raw]) if raw else []
-    return [Pair(a, b, u, p, float(pa), win_rate(finals[a], finals[b]))
-            for (a, b), (u, p), pa in zip(pairs, raw, adj)]
+            raw[(a, b)] = (float(res.statistic), float(res.pvalue))
+    adj = dict(zip(raw, holm([p for _, p in raw.values()]))) if raw else {}
+    nan = math.nan
+    return [Pair(a, b, *raw.get((a, b), (nan, nan)), float(adj.get((a, b), nan)), win_rate(finals[a], finals[b]),
+                 min_p[(a, b)], (a, b) in raw)
+            for a, b in pairs]
 
 
 def win_matrix(exp: Experiment) -> np.ndarray:

@@ -35,7 +35,8 @@ from .stats import (  # noqa: F401  (re-exported: the integrator imports the inp
     rank_correlations, removal_frequency, summary_table,
 )
 from .agreement import study_finding
-from .pairwise import pairwise_tests, win_matrix
+from .pairwise import ALPHA, min_p_value, pairwise_tests, win_matrix
+from .benchmarking import MIN_RUNS_FOR_BANDS
 
 # held-out input: {searcher: {objective: value | (value, standard error) | Score}}
 Heldout = Mapping[str, Mapping[str, object]]
@@ -151,45 +152,9 @@ def _colors(n: int):
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def plot_anytime(exp: Experiment, axis: str, report_dir: Path, name: str, doc: Doc) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    shown: list[float] = []
-    for algo, color in zip(exp.algos, _colors(len(exp.algos))):
-        c = anytime_curve(exp.ok_runs(algo), exp.direction, axis)
-        if not len(c.x):
-            continue
-        ax.step(c.x, c.median, where="post", color=color, label=f"{algo} (n={c.n_runs})")
-        ax.fill_between(c.x, c.low, c.high, step="post", color=color, alpha=0.2)
-        shown.extend(v for v in np.concatenate([c.low, c.high]) if np.isfinite(v))
-    if shown and min(shown) > 0 and max(shown) / min(shown) > 20:
-        ax.set_yscale("log")  # one early mask at ppl 58,000 would otherwise flatten every curve
-    ref = best_reference(exp)
-    if ref is not None:
-        ax.axhline(ref.value, color="k", ls="--", lw=1, label="optimum" if ref.exact else "best found")
-    ax.set_xlabel("evaluations" if axis == "evaluations" else "scored tokens / questions")
-    ax.set_ylabel(f"best {exp.objective} so far ({exp.direction})")
-    ax.legend(fontsize=8)
-    _save(fig, report_dir, name, f"Best valid {exp.objective} so far vs {ax.get_xlabel()}: median over seeds, "
-          "band = inter-quartile range", doc)
-
-
-def plot_ecdf(exp: Experiment, report_dir: Path, name: str, doc: Doc) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for algo, color in zip(exp.algos, _colors(len(exp.algos))):
-        x, y = ecdf([r.value for r in exp.ok_runs(algo)])
-        if len(x):
-            ax.step(np.r_[x[0], x], np.r_[0.0, y], where="post", color=color, label=algo)
-    ax.set_xlabel(f"final {exp.objective}")
-    ax.set_ylabel("fraction of runs ≤ x")
-    ax.legend(fontsize=8)
-    _save(fig, report_dir, name, f"Fixed-budget ECDF of the final {exp.objective} per searcher", doc)
-
-
 def plot_matrix(mat: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, report_dir: Path,
                 name: str, doc: Doc, annotate: bool = True, vmin: float = 0.0, vmax: float = 1.0,
-                caption: str | None = None) -> None:
+                caption: str | None = None, xlabel: str = "", ylabel: str = "", cbar_label: str = "") -> None:
     plt = _plt()
     if mat.shape[0] == mat.shape[1] and list(rows) == list(cols):  # drop searchers with no successful run
         keep = [i for i in range(len(rows)) if np.isfinite(np.delete(mat[i], i)).any() or np.isfinite(mat[i, i])]
@@ -205,7 +170,9 @@ def plot_matrix(mat: np.ndarray, rows: Sequence[str], cols: Sequence[str], title
         for (i, j), v in np.ndenumerate(mat):
             if np.isfinite(v):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
-    fig.colorbar(im, ax=ax)
+    fig.colorbar(im, ax=ax, label=cbar_label or None)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     _save(fig, report_dir, name, caption or title, doc)
 
@@ -214,66 +181,86 @@ def plot_matrix(mat: np.ndarray, rows: Sequence[str], cols: Sequence[str], title
 def compare_sections(exp: Experiment, report_dir: Path, doc: Doc, prefix: str = "", level: int = 2) -> dict:
     """Everything about one objective's grid; returns the numbers for the caller (and tests)."""
     ref = best_reference(exp)
-    rows = summary_table(exp)
-    pairs = pairwise_tests(exp)
-    wins = win_matrix(exp)
-    freq = removal_frequency(exp)
-    jac = jaccard_matrix(exp)
-    n_runs = len(exp.runs)
-    n_failed = sum(not r.ok for r in exp.runs)
+    numbers: dict = {"reference": ref, "rows": final_values_section(exp, ref, doc, level)}
+    from .report_progress import benchmark_section  # it draws with this module's _save: imported when used
 
+    numbers.update(benchmark_section(exp, ref, report_dir, doc, prefix, level))
+    numbers.update(pairwise_section(exp, report_dir, doc, prefix, level))
+    numbers.update(blocks_section(exp, report_dir, doc, prefix, level))
+    return numbers
+
+
+def _values_cell(r) -> str:
+    """mean ± sd from MIN_RUNS_FOR_BANDS runs; below that the values themselves (no spread to claim)."""
+    if not r.n_ok:
+        return "–"
+    if r.n_ok >= MIN_RUNS_FOR_BANDS:
+        return f"{_fmt(r.mean)} ± {_fmt(r.sd, 2)}"
+    return ", ".join(_fmt(v) for v in r.values)
+
+
+def final_values_section(exp: Experiment, ref: Reference | None, doc: Doc, level: int = 2) -> list:
+    """The summary table: final values, and how often and how fast each searcher came within 1%."""
+    rows = summary_table(exp)
+    n_failed = sum(not r.ok for r in exp.runs)
     doc.h(f"{exp.objective}: final values", level)
     if ref is None:
         doc.p("No run succeeded: nothing to compare.")
     else:
-        kind = "the brute-force optimum" if ref.exact else "the best mask any run found (not proven optimal)"
+        kind = "the brute-force optimum" if ref.exact else "the best mask any run found (best known, not proven optimal)"
         doc.p(f"Reference: {exp.objective} = {_fmt(ref.value)} removing blocks {list(ref.removed)}, {kind}. "
-              f"{n_runs} runs, {n_failed} failed. Direction: {exp.direction}.")
+              f"{len(exp.runs)} runs, {n_failed} failed. Direction: {exp.direction}.")
+    target = "optimum" if ref is not None and ref.exact else "best known"
     doc.table(
-        ["searcher", "runs ok", "mean ± sd", "median", "best", "evals to 1% of ref (median)", "reached",
-         "wall s (mean)", "gap to ref (mean)", "gap %"],
-        [[r.algo, f"{r.n_ok}/{r.n_ok + r.n_failed}" + (" FAILED" if r.n_failed else ""),
-          f"{_fmt(r.mean)} ± {_fmt(r.sd, 2)}" if r.n_ok else "–", r.median, r.best, r.evals_median, f"{r.n_reached}/{r.n_ok}",
-          r.wall_mean, r.gap_mean, 100 * r.gap_rel_mean] for r in rows])
+        ["searcher", "runs ok", f"mean ± sd (values under {MIN_RUNS_FOR_BANDS} runs)", "median", "best",
+         f"evals to 1% of {target} (median)", f"within 1% of {target}", "wall s (mean)", "gap to ref (mean)", "gap %"],
+        [[r.algo, f"{r.n_ok}/{r.n_ok + r.n_failed}" + (" FAILED" if r.n_failed else ""), _values_cell(r),
+          r.median, r.best, r.evals_median, f"{r.n_reached}/{r.n_ok}", r.wall_mean, r.gap_mean,
+          100 * r.gap_rel_mean] for r in rows])
     failures = [(r.algo, e) for r in rows for e in r.errors]
     if failures:
-        doc.p("Failed runs (left out of every statistic): "
-              + "; ".join(f"{a} {e}" for a, e in failures))
-    if ref is not None:
-        reached = [r for r in rows if r.n_reached]
-        if reached:
-            fastest = min(reached, key=lambda r: (-r.n_reached, r.evals_median))
-            doc.p(f"Fewest evaluations to come within 1% of the reference: {fastest.algo} "
-                  f"(median {_fmt(fastest.evals_median)}, {fastest.n_reached}/{fastest.n_ok} seeds got there).")
+        doc.p("Failed runs (left out of every statistic): " + "; ".join(f"{a} {e}" for a, e in failures))
+    reached = [r for r in rows if r.n_reached]
+    if ref is not None and reached:
+        fastest = min(reached, key=lambda r: (-r.n_reached, r.evals_median))
+        doc.p(f"Fewest evaluations to come within 1% of the {target}: {fastest.algo} "
+              f"(median {_fmt(fastest.evals_median)}, {fastest.n_reached}/{fastest.n_ok} seeds got there).")
+    return rows
 
-    doc.h(f"{exp.objective}: anytime curves", level)
-    plot_anytime(exp, "evaluations", report_dir, f"{prefix}anytime_evaluations", doc)
-    plot_anytime(exp, "units", report_dir, f"{prefix}anytime_tokens", doc)
-    plot_ecdf(exp, report_dir, f"{prefix}ecdf", doc)
 
+def pairwise_section(exp: Experiment, report_dir: Path, doc: Doc, prefix: str = "", level: int = 2) -> dict:
+    pairs = pairwise_tests(exp)
+    wins = win_matrix(exp)
     doc.h(f"{exp.objective}: pairwise tests", level)
     doc.table(["A", "B", "U", "p", "p (Holm)", "A beats B", "verdict"],
-              [[p.a, p.b, p.u, p.p, p.p_holm, p.win_rate,
-                ("A better" if p.win_rate > 0.5 else "B better") if p.p_holm < 0.05 else "no significant difference"]
-               for p in pairs])
-    doc.p("Two-sided Mann-Whitney U on final values over seeds, Holm-corrected over all pairs; "
-          "'A beats B' is the fraction of (seed of A, seed of B) pairs where A's final value is better, ties half.")
+              [[p.a, p.b, p.u, p.p, p.p_holm, p.win_rate, p.verdict(ALPHA)] for p in pairs])
+    doc.p(f"Two-sided Mann-Whitney U on final values over seeds (scipy: exact without ties on small samples), Holm-corrected over the tested pairs; "
+          f"a pair is tested only where its run counts allow p < {ALPHA} (2 against 2 runs can give no less than "
+          f"{min_p_value(2, 2):.3g}). 'A beats B' is the fraction of (seed of A, seed of B) pairs where A's final "
+          "value is better, ties half.")
     if len(exp.algos) > 1:
-        plot_matrix(wins, exp.algos, exp.algos, "Win rate: row beats column", report_dir, f"{prefix}win_rate", doc)
+        plot_matrix(wins, exp.algos, exp.algos, "Win rate: row beats column", report_dir, f"{prefix}win_rate", doc,
+                    xlabel="searcher (column)", ylabel="searcher (row)", cbar_label="fraction of seed pairs row wins")
+    return {"pairs": pairs, "win_matrix": wins}
 
+
+def blocks_section(exp: Experiment, report_dir: Path, doc: Doc, prefix: str = "", level: int = 2) -> dict:
+    freq = removal_frequency(exp)
+    jac = jaccard_matrix(exp)
     doc.h(f"{exp.objective}: which blocks", level)
     plot_matrix(freq, exp.algos, list(range(exp.n_blocks)), "How often each block is removed (per searcher)",
-                report_dir, f"{prefix}blocks", doc, annotate=False)
+                report_dir, f"{prefix}blocks", doc, annotate=False, xlabel="block", ylabel="searcher",
+                cbar_label="fraction of runs removing it")
     plot_matrix(jac, exp.algos, exp.algos, "Jaccard overlap of final masks", report_dir, f"{prefix}jaccard", doc,
                 caption="Mean Jaccard overlap of final masks over seed pairs: between searchers off the diagonal, "
-                        "across one searcher's seeds on it")
+                        "across one searcher's seeds on it", xlabel="searcher", ylabel="searcher",
+                cbar_label="mean Jaccard overlap")
     off = jac[~np.eye(len(jac), dtype=bool)] if len(jac) > 1 else np.zeros(0)
     off = off[np.isfinite(off)]
     if len(off):
         doc.p(f"Mean overlap of final masks between searchers: {off.mean():.2f} "
               f"(1 = every searcher removes the same blocks).")
-    return {"reference": ref, "rows": rows, "pairs": pairs, "win_matrix": wins, "removal_frequency": freq,
-            "jaccard": jac}
+    return {"removal_frequency": freq, "jaccard": jac}
 
 
 def heldout_section(heldout: Heldout, doc: Doc, level: int = 2) -> list[list[str]]:

@@ -21,6 +21,10 @@ import numpy as np
 
 from ..fitness import to_minimize
 
+# Fewer runs than this get no spread (no sd, no quartile band, no bootstrap): with 2 or 3
+# seeds a band is the runs themselves, drawn as if it were a distribution.
+MIN_RUNS_FOR_BANDS = 5
+
 
 def _scipy_stats():
     """``scipy.stats``, imported where a report needs it: it costs ~60 MB resident, which a
@@ -134,8 +138,8 @@ def _step_at(xs: np.ndarray, ys: np.ndarray, grid: np.ndarray) -> np.ndarray:
 class Curve:
     x: np.ndarray
     median: np.ndarray
-    low: np.ndarray  # 25th percentile over seeds
-    high: np.ndarray  # 75th percentile
+    low: np.ndarray  # 25th percentile over seeds; NaN where fewer than MIN_RUNS_FOR_BANDS have a value
+    high: np.ndarray  # 75th percentile; likewise
     n_runs: int
 
 
@@ -161,10 +165,11 @@ def anytime_curve(runs: Sequence[Run], direction: str, axis: str = "evaluations"
         empty = np.zeros(0)
         return Curve(empty, empty, empty, empty, len(runs))
     mat = np.vstack([_step_at(xs, ys, grid) for xs, ys in per_run])
+    enough = np.isfinite(mat).sum(axis=0) >= MIN_RUNS_FOR_BANDS
     with np.errstate(all="ignore"), _quiet_nan():
         med = np.nanmedian(mat, axis=0)
-        low = np.nanpercentile(mat, 25, axis=0)
-        high = np.nanpercentile(mat, 75, axis=0)
+        low = np.where(enough, np.nanpercentile(mat, 25, axis=0), np.nan)
+        high = np.where(enough, np.nanpercentile(mat, 75, axis=0), np.nan)
     return Curve(grid, med, low, high, len(runs))
 
 
@@ -207,11 +212,12 @@ class Row:
     n_ok: int
     n_failed: int
     errors: list[str]
+    values: tuple[float, ...]  # the successful runs' final values, in run order
     mean: float
-    sd: float
+    sd: float  # NaN over fewer than MIN_RUNS_FOR_BANDS runs: show the values instead
     median: float
     best: float
-    evals_median: float  # median evaluations to reach 1% of the reference, over seeds that did
+    evals_median: float  # median evaluations to come within 1% of the reference, over seeds that did
     n_reached: int
     wall_mean: float
     gap_mean: float
@@ -231,7 +237,8 @@ def summary_table(exp: Experiment, tol: float = 0.01) -> list[Row]:
         rows.append(Row(
             algo=algo, n_ok=len(ok), n_failed=len(runs) - len(ok),
             errors=[f"seed {r.seed}: {r.error}" for r in runs if not r.ok],
-            mean=_mean(vals), sd=float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan,
+            values=tuple(float(v) for v in vals), mean=_mean(vals),
+            sd=float(np.std(vals, ddof=1)) if len(vals) >= MIN_RUNS_FOR_BANDS else math.nan,
             median=float(np.median(vals)) if len(vals) else math.nan,
             best=float(signed(np.min(signed(vals, exp.direction)), exp.direction)) if len(vals) else math.nan,
             evals_median=float(np.median(reached)) if reached else math.nan, n_reached=len(reached),
