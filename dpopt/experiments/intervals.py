@@ -125,7 +125,7 @@ def chance_notes(heldout: Mapping[str, Mapping[str, object]]) -> dict[str, tuple
         dense = as_score(heldout[DENSE_ROW][o]) if o in heldout.get(DENSE_ROW, {}) else None
         n = next((s.n for s in scores if isinstance(s, Estimate) and s.n), 0)
         ok = above_chance(dense) if dense is not None else None
-        head = f"{o} over {n} questions, chance level {_fmt(chance, 3)}"
+        head = f"{o}: {n} questions, chance level {_fmt(chance, 3)}"
         if dense is None:
             out[o] = (None, f"{head}; the dense model was not scored, so whether {o} carries signal is unknown")
         elif ok:
@@ -165,7 +165,7 @@ def heldout_section(heldout: Mapping[str, Mapping[str, object]], doc, level: int
                               for o in objectives], table)
     doc.p(interval_note(heldout))
     for _, line in chance.values():
-        doc.p(line[0].upper() + line[1:] + ".")
+        doc.p(line + ".")
     notes = []
     for j, o in enumerate(objectives):
         scores = {a: as_score(heldout[a][o]) for a in algos if o in heldout[a]}
