@@ -146,15 +146,24 @@ def data_line(evaluator) -> str:
     return where + f"{evaluator.full_fidelity} tokens in {seqs} sequences of {seq_len}"
 
 
-def accuracy_line(evaluator) -> str | None:
-    """The dense model's accuracy on the questions searched, with its interval and the chance
-    level; "no signal" when it is not clearly above chance. None for other objectives."""
+def dense_accuracy(evaluator):
+    """The dense model's accuracy on the evaluator's questions as an :class:`.intervals.Estimate`
+    (Wilson interval, chance level); None for an objective other than ``acc``. Whether it carries
+    any signal is :func:`.intervals.above_chance` of it."""
     chance = evaluator.objective.chance if evaluator.objective.name == "acc" else None
     if chance is None:
         return None
-    est = accuracy_estimate(evaluator.dense_value(), evaluator.full_fidelity, chance)
+    return accuracy_estimate(evaluator.dense_value(), evaluator.full_fidelity, chance)
+
+
+def accuracy_line(evaluator) -> str | None:
+    """The dense model's accuracy on the questions searched, with its interval and the chance
+    level; "no signal" when it is not clearly above chance. None for other objectives."""
+    est = dense_accuracy(evaluator)
+    if est is None:
+        return None
     verdict = "clearly above chance" if above_chance(est) else "no signal (not clearly above chance)"
-    return f"dense {format_score(est)} over {est.n} questions, chance {chance:.3g}: {verdict}"
+    return f"dense {format_score(est)} over {est.n} questions, chance {est.chance:.3g}: {verdict}"
 
 
 # --- the rows ---------------------------------------------------------------------------------------------
