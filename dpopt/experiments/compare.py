@@ -5,11 +5,8 @@ record holds.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
-
-import numpy as np
+from typing import Mapping, Sequence
 
 from ..errors import UserError
 from ..fitness import to_minimize
@@ -17,10 +14,11 @@ from ..problem import problem_for
 from ..record.study import study_name
 from ..genome import Constraint, LayerMask
 from .grid import REFERENCE_BUDGET, Grid, rank_matrix, run_grid, space_size, trace_of  # noqa: F401  (re-exported)
+from .heldout import STANDARD_ERRORS, heldout_score, score_heldout  # noqa: F401  (held-out values, intervals)
 from .stats import Experiment, RankMatrix, Score
 
-SE_NOTE = ("held-out standard errors: acc sqrt(p(1-p)/n) over questions; ppl/kl the standard deviation of the "
-           "per-batch values / sqrt(batches)")
+SE_NOTE = ("held-out 95% intervals: acc the Wilson interval over questions; ppl exp of the mean NLL ± 1.96 standard "
+           "errors over sequences; kl the mean ± 1.96 standard errors over sequences")
 
 
 # --- checks a CLI runs before any model loads ----------------------------------------------------
@@ -38,34 +36,6 @@ def check_grid(algos: Sequence[str], seeds: int, budget: int | None, report: str
     from ..problem import GridPlan
 
     GridPlan(list(algos), seeds, budget, report, overwrite, storage, reference_budget).validate()
-
-
-# --- held-out scores -----------------------------------------------------------------------------
-def _se_binomial(value: float, per_batch: list[float], n: int) -> float | None:
-    return math.sqrt(max(value * (1 - value), 0.0) / n) if n > 0 else None
-
-
-def _se_batches(value: float, per_batch: list[float], n: int) -> float | None:
-    v = [x for x in per_batch if math.isfinite(x)]
-    return float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None
-
-
-# objective name -> standard error of its held-out value (accuracy is a proportion; ppl/kl a mean over batches)
-STANDARD_ERRORS: dict[str, Callable[[float, list[float], int], float | None]] = {"acc": _se_binomial}
-
-
-def heldout_score(evaluator, mask: LayerMask) -> Score:
-    """A mask's value on the evaluator's data with a standard error (see ``STANDARD_ERRORS``)."""
-    value = evaluator.raw(mask)
-    batches = evaluator.objective.batches(None)
-    per = []
-    for b in batches:
-        try:
-            per.append(float(evaluator.objective.finish([evaluator.partials[(mask.key(), b.index)]])))
-        except (FloatingPointError, ValueError, ZeroDivisionError, OverflowError, KeyError):
-            per.append(math.nan)
-    rule = STANDARD_ERRORS.get(evaluator.objective.name, _se_batches)
-    return Score(value, rule(value, per, evaluator.full_fidelity) if math.isfinite(value) else None)
 
 
 def best_mask_per_algo(grid: Grid) -> dict[str, LayerMask]:
@@ -161,21 +131,9 @@ def _build_compare(exp, report, scores, cost):
 
 def _heldout(lm, masks: Mapping[str, LayerMask], objectives: Sequence[str], data, tasks, data_seed, ev_opts,
              opts, dense: bool = True) -> dict[str, dict[str, Score]]:
-    """Score each mask on each objective's held-out split; the dense model as a row of its own."""
-
-    if not objectives or not masks:
-        return {}
-    rows = {name: {} for name in masks}
-    if dense:
-        rows["dense (no removal)"] = {}
-    for spec in objectives:
-        ev = problem_for(lm, spec, data=data, tasks=tasks, split="eval", data_seed=data_seed, shared_options=True,
-                     **ev_opts, **opts).build(lm)
-        for name, mask in masks.items():
-            rows[name][ev.objective.name] = heldout_score(ev, mask)
-        if dense:
-            rows["dense (no removal)"][ev.objective.name] = heldout_score(ev, LayerMask.dense(lm.n_blocks))
-    return rows
+    """Score each mask on each objective's held-out split; the dense model as a row of its own
+    (:func:`.heldout.score_heldout`)."""
+    return score_heldout(lm, masks, objectives, data, tasks, data_seed, ev_opts, opts, dense)
 
 
 def study(lm, objectives: str | Sequence[str] = ("ppl", "kl"), algos: str | Sequence[str] = "greedy,random",

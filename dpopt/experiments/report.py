@@ -35,6 +35,8 @@ from .stats import (  # noqa: F401  (re-exported: the integrator imports the inp
     rank_correlations, removal_frequency, summary_table,
 )
 from .agreement import study_finding
+from .describe import about_rows, redact_text
+from .intervals import heldout_section  # noqa: F401  (the held-out table is drawn there, beside its intervals)
 from .pairwise import ALPHA, min_p_value, pairwise_tests, win_matrix
 from .benchmarking import MIN_RUNS_FOR_BANDS
 
@@ -263,39 +265,6 @@ def blocks_section(exp: Experiment, report_dir: Path, doc: Doc, prefix: str = ""
     return {"removal_frequency": freq, "jaccard": jac}
 
 
-def heldout_section(heldout: Heldout, doc: Doc, level: int = 2) -> list[list[str]]:
-    """Each searcher's best mask re-scored on held-out data; '≈' marks a value within noise of the best."""
-    objectives = list(dict.fromkeys(o for per in heldout.values() for o in per))
-    algos = list(heldout)
-    table = []
-    for algo in algos:
-        row = [algo]
-        for o in objectives:
-            s = as_score(heldout[algo][o]) if o in heldout[algo] else None
-            row.append("–" if s is None else _fmt(s.value) + (f" ± {_fmt(s.se, 2)}" if s.se is not None else ""))
-        table.append(row)
-    doc.h("Held-out scores of each searcher's best mask", level)
-    doc.table(["searcher"] + objectives, table)
-    notes = []
-    for j, o in enumerate(objectives):
-        scores = {a: as_score(heldout[a][o]) for a in algos if o in heldout[a]}
-        if len(scores) < 2:
-            continue
-        hi, lo = max(scores.items(), key=lambda kv: kv[1].value), min(scores.items(), key=lambda kv: kv[1].value)
-        same = indistinguishable(hi[1], lo[1])
-        spread = f"{o}: {lo[0]} {_fmt(lo[1].value)} to {hi[0]} {_fmt(hi[1].value)}"
-        if same is None:
-            notes.append(spread + " (no standard error given: the difference may be noise)")
-        elif same:
-            notes.append(spread + f", a difference within 1.96 standard errors ({_fmt(math.hypot(hi[1].se, lo[1].se), 2)}): "
-                                  "not distinguishable")
-        else:
-            notes.append(spread + f", beyond 1.96 standard errors ({_fmt(math.hypot(hi[1].se, lo[1].se), 2)}) of the difference")
-    if notes:
-        doc.p("Spread per objective: " + "; ".join(notes) + ".")
-    return table
-
-
 # --- files -------------------------------------------------------------------------------------------
 def prepare_dir(report_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """Refuse a folder that exists and is not empty unless ``overwrite`` (a user mistake otherwise)."""
@@ -333,22 +302,32 @@ def write_report(report_dir: Path, doc: Doc, experiments: Sequence[Experiment]) 
 
 
 def _cost_lines(grid_cost: Mapping[str, object] | None, doc: Doc) -> None:
+    """The grid's cost in one paragraph; a storage path in it is printed relative (:func:`.describe.redact`)."""
     if grid_cost:
-        doc.p("Cost of the grid: " + "; ".join(f"{k}: {_cell(v)}" for k, v in grid_cost.items()) + ".")
+        doc.p("Cost of the grid: " + "; ".join(f"{k}: {redact_text(_cell(v))}" for k, v in grid_cost.items()) + ".")
+
+
+def _about(about: Mapping[str, object] | None, doc: Doc) -> None:
+    """The settings and machine behind the report (:func:`.describe.describe`), as its first table."""
+    if about:
+        doc.h("About this report")
+        doc.table(["setting", "value"], about_rows(about))
 
 
 # --- the two entry points ------------------------------------------------------------------------------
 def build_compare_report(exp: Experiment, report_dir: str | os.PathLike, heldout: Heldout | None = None,
                          grid_cost: Mapping[str, object] | None = None, title: str | None = None,
-                         overwrite: bool = False) -> dict:
+                         overwrite: bool = False, about: Mapping[str, object] | None = None) -> dict:
     """Write the compare report for one objective; returns the computed numbers and the file paths.
 
     ``grid_cost``: e.g. ``{"evaluations counted": 2500, "distinct masks scored": 1700}``
     (the shared memo makes the second smaller). ``heldout``: {searcher: {objective: value or
-    (value, standard error)}} for each searcher's best mask.
+    (value, standard error)}} for each searcher's best mask. ``about``: the report's settings
+    (:func:`dpopt.experiments.describe.describe`), shown first.
     """
     path = prepare_dir(report_dir, overwrite)
     doc = Doc(title or f"dpopt compare: {exp.objective}")
+    _about(about, doc)
     _cost_lines(grid_cost, doc)
     numbers = compare_sections(exp, path, doc)
     if heldout:
@@ -360,19 +339,22 @@ def build_compare_report(exp: Experiment, report_dir: str | os.PathLike, heldout
 def build_study_report(experiments: Mapping[str, Experiment], report_dir: str | os.PathLike,
                        rank_matrix: RankMatrix | None = None, heldout: Heldout | None = None,
                        grid_cost: Mapping[str, object] | None = None, title: str | None = None,
-                       overwrite: bool = False, n_boot: int = 1000, ert_budget: int | None = None) -> dict:
+                       overwrite: bool = False, n_boot: int = 1000, ert_budget: int | None = None,
+                       about: Mapping[str, object] | None = None) -> dict:
     """Write the study report: do searchers agree under one objective, do objectives agree?
 
     ``experiments``: {objective name: its compare grid}. ``rank_matrix``: masks scored under
     every objective (every mask the grids scored under all of them; all of the space where
     brute force ran). ``heldout``: {searcher or "searcher @ objective": {objective: value or
     (value, se)}}. ``ert_budget``: the per-run budget the ERT suggests, named by the headline
-    when the runs did not converge (None: not known).
+    when the runs did not converge (None: not known). ``about``: the report's settings
+    (:func:`dpopt.experiments.describe.describe`), shown first.
     """
     from .study_sections import agreement_section, study_overlap_section
 
     path = prepare_dir(report_dir, overwrite)
     doc = Doc(title or "dpopt study: " + ", ".join(experiments))
+    _about(about, doc)
     finding = study_finding(experiments, n_boot=n_boot, ert_budget=ert_budget)
     numbers: dict = {"finding": finding, "overlap": finding.overlap, "blind_overlap": finding.blind,
                      "convergence": finding.convergence, "headline": finding.text}

@@ -79,6 +79,9 @@ class Accuracy(ObjectiveBase):
     questions: int
     batch_size: int
     metric: str
+    # the accuracy of guessing on the questions prepared: the mean of 1/(number of choices);
+    # a dense model not clearly above it gives an accuracy with no signal
+    chance: float | None = None
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -91,6 +94,7 @@ class Accuracy(ObjectiveBase):
             raise UserError(f"objective 'acc' needs a multiple-choice data set; {data.name!r} is text (try --tasks mmlu)")
         dtype = lm.masked.dtype
         qs = data.questions[: self.questions]
+        self.chance = float(np.mean([1.0 / max(len(q.choices), 1) for q in qs])) if qs else None
         self._batches = []
         for bi, start in enumerate(range(0, len(qs), self.batch_size)):
             chunk = qs[start : start + self.batch_size]
