@@ -147,3 +147,21 @@ def test_report_marks_best_known_one_shot_points_and_tokens_axis(tmp_path):
     # 3 runs of a: their values listed, no "mean ± sd" over 3 seeds
     row_a = next(line for line in md.splitlines() if line.startswith("| a |"))
     assert "±" not in row_a and "10, 10.01, 20" in row_a
+
+
+def test_suggested_budget_is_the_largest_finite_ert_of_the_searchers_that_search():
+    from dpopt.experiments.benchmarking import suggested_budget
+
+    def run(algo, seed, values):
+        return Run(algo, seed, "ok", "", (0,), min(values), 1.0,
+                   [Evaluation(i + 1, 1.0, v, True, (0,)) for i, v in enumerate(values)])
+
+    ref = Reference(1.0, (0,), exact=True)
+    runs = [run("ga", 0, [3, 2, 1]), run("ga", 1, [3, 3, 3, 3]),  # ERT(1%) = (3 + 4) / 1 = 7
+            run("sa", 0, [2, 1]), run("sa", 1, [1]),  # ERT = (2 + 1) / 2 = 1.5 -> 2
+            run("rnd", 0, [5] * 9 + [1]),  # objective-blind: left out (its ERT would be 10)
+            run("bi", 0, [4])]  # one-shot: never reaches it, left out
+    exp = Experiment("ppl", "minimize", 4, runs, ref, blind=frozenset({"rnd", "bi"}), one_shot=frozenset({"bi"}))
+    assert suggested_budget({"ppl": exp}) == 7
+    never = Experiment("ppl", "minimize", 4, [run("ga", 0, [3, 2])], ref)
+    assert suggested_budget({"ppl": never}) is None

@@ -54,6 +54,7 @@ def _grid_kwargs(a) -> dict:
                 overwrite=a.overwrite, progress=not a.no_progress,
                 evaluator_options=dict(prefix_sharing=not a.no_prefix_sharing, cache_mb=a.cache_mb,
                                        memory_mb=a.memory_mb),
+                heldout_options=dict(tokens=a.heldout_tokens, questions=a.heldout_questions),
                 **_objective_options(a))
 
 
@@ -63,6 +64,9 @@ def _check_grid(a) -> None:
     GridPlan(parse_names(a.algos, "--algos"), a.seeds, a.budget, a.report, a.overwrite, a.storage,
              a.reference_budget).validate()
     _grid_options(a)
+    for flag, value in (("--heldout-tokens", a.heldout_tokens), ("--heldout-questions", a.heldout_questions)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
 
 
 def cmd_compare(a) -> int:
@@ -98,9 +102,12 @@ def cmd_study(a) -> int:
         raise UserError("study needs at least two --objectives (e.g. ppl,kl); for one use dpopt compare")
     if a.random_masks < 0:
         raise UserError(f"--random-masks must be >= 0, got {a.random_masks}")
-    problem = [_problem(a, spec, split="calib", shared=objectives) for spec in objectives][0]
+    held = api.parse_names(a.heldout, "--heldout") if a.heldout else []
+    problem = [_problem(a, spec, split="calib", shared=objectives + held) for spec in objectives][0]
+    for spec in held:
+        _problem(a, spec, split="eval", shared=objectives + held)
     lm = api.load(problem.model, a.device, problem.dtype)
-    res = api.run_study(lm, a.objectives, random_masks=a.random_masks, **_grid_kwargs(a))
+    res = api.run_study(lm, a.objectives, random_masks=a.random_masks, heldout=a.heldout, **_grid_kwargs(a))
     print(res.report.get("headline", ""))
     for c in res.report.get("correlations", []):
         print(f"  {c.a} vs {c.b}: Spearman {c.spearman:.3f}, Kendall {c.kendall:.3f} over {c.n} masks")

@@ -148,6 +148,8 @@ def _grid_parsers(sub) -> None:
     _model_args(st)
     st.add_argument("--objectives", default="ppl,kl", help="comma-separated, at least two, e.g. ppl,kl,acc")
     _grid_args(st)
+    st.add_argument("--heldout", default=None,
+                    help="objectives the best masks are re-scored on, held-out split (default: the --objectives)")
     st.add_argument("--random-masks", type=int, default=20,
                     help="random valid masks added to the final masks for the rank correlations (default 20)")
 
@@ -173,6 +175,10 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --report folder")
     p.add_argument("--option", action="append", default=[], metavar="ALGO.KEY=VALUE",
                    help="searcher option, e.g. --option genetic.population=48 (repeatable)")
+    p.add_argument("--heldout-tokens", type=int, default=None,
+                   help="tokens per held-out ppl/kl score (default: --tokens); more narrows the intervals")
+    p.add_argument("--heldout-questions", type=int, default=None,
+                   help="questions per held-out acc score (default: --questions)")
     p.add_argument("--no-progress", action="store_true")
     _data_args(p)
 

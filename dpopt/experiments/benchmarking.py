@@ -110,6 +110,25 @@ def ert(runs: Sequence[Run], ref: Reference, direction: str, target: float) -> E
     return ERT(target, spent / succ if succ else math.inf, succ, len(runs), spent)
 
 
+def suggested_budget(exps, target: float = 0.01) -> int | None:
+    """The per-run budget the ERT suggests for the searchers that search to come within
+    ``target`` of the reference: the largest finite ERT among them over every objective
+    (one-shot and objective-blind searchers left out: more budget changes nothing for the
+    first, and the second is reported apart). None when no such searcher ever got there:
+    then no budget can be read off these runs."""
+    worst = None
+    for exp in exps.values():
+        if exp.reference is None:
+            continue
+        for algo in exp.algos:
+            if algo in exp.one_shot or algo in exp.blind:
+                continue
+            e = ert(exp.ok_runs(algo), exp.reference, exp.direction, target)
+            if math.isfinite(e.value):
+                worst = max(worst or 0, int(math.ceil(e.value)))
+    return worst
+
+
 @dataclass
 class TargetRow:
     algo: str

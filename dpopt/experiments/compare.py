@@ -5,6 +5,7 @@ record holds.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -13,7 +14,7 @@ from ..fitness import to_minimize
 from ..problem import problem_for
 from ..record.study import study_name
 from ..genome import Constraint, LayerMask
-from .grid import REFERENCE_BUDGET, Grid, rank_matrix, run_grid, space_size, trace_of  # noqa: F401  (re-exported)
+from .grid import REFERENCE_BUDGET, Grid, rank_matrix, run_grid
 from .heldout import STANDARD_ERRORS, heldout_score, score_heldout  # noqa: F401  (held-out values, intervals)
 from .stats import Experiment, RankMatrix, Score
 
@@ -83,18 +84,22 @@ def compare(lm, objective: str = "ppl", algos: str | Sequence[str] = "greedy,ran
             storage: str | None = None, data: str | None = None, tasks: str | None = None,
             data_seed: int | None = None, heldout: str | Sequence[str] | None = ("ppl", "kl"),
             protect: str | Sequence[int] | None = None, brute_force: bool | None = None,
-            reference_budget: int = REFERENCE_BUDGET, seconds: float | None = None, algo_options: Mapping[str, dict] | None = None, overwrite: bool = False,
-            progress: bool = True, evaluator_options: dict | None = None, **objective_options) -> CompareResult:
+            reference_budget: int = REFERENCE_BUDGET, seconds: float | None = None,
+            algo_options: Mapping[str, dict] | None = None, overwrite: bool = False, progress: bool = True,
+            evaluator_options: dict | None = None, heldout_options: dict | None = None,
+            **objective_options) -> CompareResult:
     """Run ``algos`` x ``seeds`` on one objective through one shared evaluator; write the report.
 
     ``heldout``: objectives each searcher's best mask is re-scored on, on the held-out
-    (``eval``) split; ``brute_force``: None = enumerate the space when it fits in
+    (``eval``) split, with ``heldout_options`` (e.g. more tokens or questions) over the search's
+    objective options; ``brute_force``: None = enumerate the space when it fits in
     ``reference_budget`` (else one long reference run of that many evaluations), True =
     enumerate it whatever its size, False = the compared runs' best is the reference.
     """
     from ..data import DEFAULT_DATA_SEED
     from ..record.storage import DEFAULT_STORAGE
 
+    start = time.perf_counter()
     algos = parse_names(algos, "--algos")
     held = parse_names(heldout, "--heldout") if heldout else []
     storage = storage or DEFAULT_STORAGE
@@ -109,8 +114,8 @@ def compare(lm, objective: str = "ppl", algos: str | Sequence[str] = "greedy,ran
     grid = run_grid(ev, constraint, algos, seeds, budget, storage, prefix, ev.objective.name, seconds=seconds,
                     algo_options=algo_options, brute_force=brute_force, progress=progress,
                     extra=dict(model=lm.source), reference_budget=reference_budget)
-    scores = _heldout(lm, {a: m for a, m in best_mask_per_algo(grid).items()}, held, data, tasks, data_seed,
-                      ev_opts, opts)
+    scores = _heldout(lm, heldout_cells({ev.objective.name: grid}, suffix=False), held, data, tasks, data_seed,
+                      ev_opts, {**opts, **_objective_options(heldout_options or {})})
     cost = grid.cost()
     cost["storage"] = storage
     cost["studies"] = study_name(prefix, ev, "<algo>", f"k{constraint.k}", "<S>")
@@ -118,15 +123,37 @@ def compare(lm, objective: str = "ppl", algos: str | Sequence[str] = "greedy,ran
         cost["note"] = SE_NOTE
     numbers = {}
     if report is not None:
-        numbers = _build_compare(grid.experiment, report, scores, cost)
+        from .describe import describe
+        from .report import build_compare_report
+
+        about = describe(lm, ev, constraint=constraint, algos=algos, seeds=seeds, budget=budget, seconds=seconds,
+                         algo_options=algo_options, heldout=held, storage=storage,
+                         wall_seconds=time.perf_counter() - start,
+                         extra=_heldout_extra(heldout_options) | {"reference": grid.reference_note})
+        # the folder was checked before the grid (an existing non-empty one refused unless --overwrite)
+        numbers = build_compare_report(grid.experiment, report, heldout=scores or None, grid_cost=cost,
+                                       overwrite=True, about=about)
     return CompareResult(grid, scores, numbers, storage)
 
 
-def _build_compare(exp, report, scores, cost):
-    from .report import build_compare_report
+def heldout_cells(grids: Mapping[str, Grid], suffix: bool = True) -> dict[str, LayerMask]:
+    """What is re-scored on held-out data: each searcher's best final mask per objective, and
+    each objective's reference mask (its exact optimum where brute force ran)."""
+    cells: dict[str, LayerMask] = {}
+    for name, g in grids.items():
+        tag = f" @ {name}" if suffix else ""
+        for algo, mask in best_mask_per_algo(g).items():
+            cells[algo + tag] = mask
+        ref = g.experiment.reference
+        if ref is not None:
+            label = "optimum (brute force)" if ref.exact else "best known"
+            cells[label + tag] = LayerMask.from_removed(g.constraint.n_units, ref.removed)
+    return cells
 
-    # the folder was checked before the grid (an existing non-empty one refused unless --overwrite)
-    return build_compare_report(exp, report, heldout=scores or None, grid_cost=cost, overwrite=True)
+
+def _heldout_extra(heldout_options: Mapping | None) -> dict[str, object]:
+    given = _objective_options(heldout_options or {})
+    return {"held-out options": ", ".join(f"{k}={v}" for k, v in given.items())} if given else {}
 
 
 def _heldout(lm, masks: Mapping[str, LayerMask], objectives: Sequence[str], data, tasks, data_seed, ev_opts,
@@ -142,13 +169,18 @@ def study(lm, objectives: str | Sequence[str] = ("ppl", "kl"), algos: str | Sequ
           data_seed: int | None = None, random_masks: int = 20, protect: str | Sequence[int] | None = None,
           brute_force: bool | None = None, reference_budget: int = REFERENCE_BUDGET, seconds: float | None = None,
           algo_options: Mapping[str, dict] | None = None, overwrite: bool = False, progress: bool = True,
-          evaluator_options: dict | None = None, n_boot: int = 1000, **objective_options) -> StudyResult:
+          evaluator_options: dict | None = None, n_boot: int = 1000, heldout: str | Sequence[str] | None = None,
+          heldout_options: dict | None = None, **objective_options) -> StudyResult:
     """Does the objective matter more than the searcher? The compare grid per objective, then
-    rank correlations over one common set of masks and every best mask on every held-out split."""
+    rank correlations over every mask scored under all objectives, and every best mask (and
+    each objective's reference mask) on the held-out split of each of ``heldout`` (default:
+    the objectives), scored with ``heldout_options`` over the search's objective options."""
     from ..data import DEFAULT_DATA_SEED
     from ..record.storage import DEFAULT_STORAGE
 
+    start = time.perf_counter()
     objs = parse_names(objectives, "--objectives")
+    held = parse_names(heldout, "--heldout") if heldout else objs
     if len(objs) < 2:
         raise UserError("study needs at least two --objectives (e.g. ppl,kl); for one use dpopt compare")
     algos = parse_names(algos, "--algos")
@@ -180,18 +212,23 @@ def study(lm, objectives: str | Sequence[str] = ("ppl", "kl"), algos: str | Sequ
     rank = rank_matrix(evaluators, grids, constraint, random_masks)
     cost["rank-correlation masks"] = (f"{len(rank.masks)}: every mask scored under all objectives, the grids' final "
                                       f"masks, and up to {random_masks} random ones")
-    cells = {}
-    for name, g in grids.items():
-        for algo, mask in best_mask_per_algo(g).items():
-            cells[f"{algo} @ {name}"] = mask
-    scores = _heldout(lm, cells, objs, data, tasks, data_seed, ev_opts, opts)
+    scores = _heldout(lm, heldout_cells(grids), held, data, tasks, data_seed, ev_opts,
+                      {**opts, **_objective_options(heldout_options or {})})
     if scores:
         cost["note"] = SE_NOTE
     cost["storage"] = storage
     numbers = {}
     if report is not None:
+        from .benchmarking import suggested_budget
+        from .describe import describe
         from .report import build_study_report
 
-        numbers = build_study_report({n: g.experiment for n, g in grids.items()}, report, rank_matrix=rank,
-                                     heldout=scores or None, grid_cost=cost, overwrite=True, n_boot=n_boot)
+        exps = {n: g.experiment for n, g in grids.items()}
+        about = describe(lm, evaluators, constraint=constraint, algos=algos, seeds=seeds, budget=budget,
+                         seconds=seconds, algo_options=algo_options, heldout=held, storage=storage,
+                         wall_seconds=time.perf_counter() - start,
+                         extra=_heldout_extra(heldout_options) | {f"{n}: reference": g.reference_note
+                                                                  for n, g in grids.items()})
+        numbers = build_study_report(exps, report, rank_matrix=rank, heldout=scores or None, grid_cost=cost,
+                                     overwrite=True, n_boot=n_boot, ert_budget=suggested_budget(exps), about=about)
     return StudyResult(grids, rank, scores, numbers, storage, cost)
