@@ -139,7 +139,7 @@ def test_resume_after_sigkill_gives_the_same_loss_curve(ck, data, tmp_path):
     assert main([str(a) for a in heal_args(ck, data, out, tokens=TOKENS, heldout="")]) == 0
     resumed, whole = heal_json(out), heal_json(ref)
     assert resumed["resumed_at"] >= step
-    np.testing.assert_allclose(resumed["losses"], whole["losses"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(resumed["losses"], whole["losses"], rtol=1e-5, atol=1e-9)
     assert not state.exists()  # removed once the model is written
 
 
