@@ -245,3 +245,24 @@ def test_lora_heal_writes_a_plain_checkpoint(ck, data, tmp_path, capsys):
         for (n, a), b in zip(pruned.model.layers[i].named_parameters(), healed.model.layers[i].parameters()):
             assert torch.equal(a, b), n
     assert not torch.equal(pruned.model.layers[2].self_attn.q_proj.weight, healed.model.layers[2].self_attn.q_proj.weight)
+
+
+def test_schedule_warms_up_linearly_then_decays_by_cosine():
+    from dpopt.heal.loop import FINAL_LR, schedule
+
+    f = schedule(100, 10)
+    assert [f(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    decay = [f(s) for s in range(10, 100)]
+    assert decay[0] == pytest.approx(1.0) and all(a >= b for a, b in zip(decay, decay[1:]))
+    assert f(55) == pytest.approx(FINAL_LR + (1 - FINAL_LR) / 2)
+    assert f(100) == pytest.approx(FINAL_LR)
+
+
+def test_topk_distillation_loss_is_a_lower_bound_exact_at_full_k():
+    from dpopt.heal.loop import distill_loss
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 40, generator=g), 3 * torch.randn(2, 5, 40, generator=g)
+    full = distill_loss(s, t, None)
+    assert distill_loss(s, t, 40) == pytest.approx(float(full), rel=1e-5)
+    assert 0 < distill_loss(s, t, 8) < full

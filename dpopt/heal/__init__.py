@@ -215,7 +215,7 @@ def _train(lm, student, removed: list[str], part, seqs: torch.Tensor, plan: Heal
     family = family_of(student)
     method = make_method(plan.method, plan.lora_rank, plan.lora_alpha)
     module, params = method.wrap(student, family, part, _zeroed_projections(lm, student, removed), plan.seed)
-    settings = dict(plan.trajectory(), model=lm.identity(), removed=list(removed))
+    settings = dict(plan.trajectory(), model=lm.identity(), removed=list(removed), dtype=str(lm.masked.dtype))
     bar = _Bar(plan.steps) if progress else None
     loop = Loop(lm.model, module, params, Stream(seqs, plan.batch_size, plan.seed), plan.steps, plan.lr,
                 int(plan.warmup * plan.steps), plan.weight_decay, plan.topk, plan.state_dir, settings,
