@@ -276,7 +276,7 @@ class _Bar:
 
     def update(self, step: int, loss: float, tokens_per_second: float) -> None:
         self.tqdm.n = step
-        self.tqdm.set_postfix_str(f"loss={loss:.4g} {tokens_per_second:,.0f} tok/s")
+        self.tqdm.set_postfix_str(f"loss={loss:.4g} {tokens_per_second:,.0f} tok/s", refresh=False)
         self.tqdm.refresh()
 
     def close(self) -> None:
