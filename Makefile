@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# the CPU wheel of torch lies on this machine's disk; a bare `torch` would pull a CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[repair]'
 	touch $(STAMP)
 
 # the tests also run exported GGUF files in llama.cpp: llama-cpp-python compiles it (cmake, a C++

@@ -238,6 +238,32 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_heal(a) -> int:
+    from .. import api
+
+    remove = a.remove
+    if a.from_result:
+        remove = api.removal_from_result(a.from_result, a.point)
+    elif a.point is not None:
+        raise UserError("--point picks a point of --from-result pareto.json")
+    plan = api.HealPlan(tokens=a.tokens, out=a.out, method=a.method, train=a.train, lr=a.lr, warmup=a.warmup,
+                        weight_decay=a.weight_decay, seq_len=a.seq_len, batch_size=a.batch_size, topk=a.topk,
+                        seed=a.seed, data=a.data, data_seed=a.data_seed, checkpoint_every=a.checkpoint_every,
+                        state=a.state, lora_rank=a.lora_rank, lora_alpha=a.lora_alpha, heldout=a.heldout,
+                        tasks=a.tasks, eval_tokens=a.eval_tokens, questions=a.questions, force=a.force).validate()
+    problem = api.Problem(model=a.model, dtype=a.dtype).validate()
+    lm = api.load(problem.model, a.device, problem.dtype)
+    space, mask = api.parse_removed_units(lm, remove)
+    try:
+        res = api.heal(lm, api.removed_unit_names(lm, space, mask), plan, progress=not a.no_progress)
+    except KeyboardInterrupt as exc:
+        where = f" {exc};" if str(exc) else ";"  # before training started there is nothing to keep
+        print(f"dpopt: interrupted{where} rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(json.dumps(res.to_dict(), indent=2) if a.json else "\n".join(api.describe_heal(res)))
+    return 0
+
+
 def cmd_models(a) -> int:
     from .. import api
 
@@ -284,7 +310,7 @@ def cmd_dashboard(a) -> int:
     return api.serve_dashboard(a.storage, host=a.host, port=a.port)
 
 
-COMMANDS = {"search": cmd_search, "eval": cmd_eval, "export": cmd_export, "models": cmd_models, "data": cmd_data,
+COMMANDS = {"search": cmd_search, "eval": cmd_eval, "export": cmd_export, "heal": cmd_heal, "models": cmd_models, "data": cmd_data,
             "algos": cmd_algos, "compare": cmd_compare, "study": cmd_study, "fetch": cmd_fetch,
             "dashboard": cmd_dashboard, "worker": cmd_worker}
 

@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     _search_parser(sub)
     _eval_parser(sub)
     _export_parser(sub)
+    _heal_parser(sub)
     _grid_parsers(sub)
     _worker_parser(sub)
     sub.add_parser("models", help="list the model zoo")
@@ -134,6 +135,41 @@ def _export_parser(sub) -> None:
                         "quantization kept (default: gguf when --out ends in .gguf)")
     x.add_argument("--gguf-type", choices=("f32", "f16", "bf16", "q8_0"), default=None,
                    help="with --format gguf from a transformers source: the tensor type (default f16)")
+
+
+def _heal_parser(sub) -> None:
+    h = sub.add_parser("heal", help="distil the pruned model from the dense one; write a plain checkpoint")
+    _model_args(h)
+    hs = h.add_mutually_exclusive_group(required=True)
+    hs.add_argument("--remove", help="units to remove, e.g. 3,7,12 or attn.3,mlp.7,12 (integers: blocks)")
+    hs.add_argument("--from-result", metavar="FILE", help="the mask of a result.json, or a point of a pareto.json")
+    h.add_argument("--point", type=int, default=None, help="with --from-result pareto.json: which point of the front")
+    h.add_argument("--tokens", type=int, required=True, help="calibration tokens to train on (steps x batch x seq-len)")
+    h.add_argument("--out", required=True, help="folder of the healed checkpoint (must be new or empty)")
+    h.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    h.add_argument("--method", default="distill", help="distill (train the weights) | lora (peft adapters, merged)")
+    h.add_argument("--train", default="all", help="what is trained: all, or parts such as last:3,head (first:N too)")
+    h.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate (default %(default)s)")
+    h.add_argument("--warmup", type=float, default=0.05, help="fraction of the steps spent warming up, then cosine decay")
+    h.add_argument("--weight-decay", type=float, default=0.0)
+    h.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (training and held-out)")
+    h.add_argument("--batch-size", type=int, default=2, help="sequences per step")
+    h.add_argument("--topk", type=int, default=None, help="distil from the dense model's top-k log-probs only")
+    h.add_argument("--seed", type=int, default=0, help="decides the data order (and LoRA's initial adapters)")
+    h.add_argument("--data", default=None, help="text data: zoo name or .txt/.jsonl file (default wikipedia); "
+                                                "training reads its calib split, the held-out scores its eval split")
+    h.add_argument("--data-seed", type=int, default=DEFAULT_DATA_SEED, help="orders the items inside a split")
+    h.add_argument("--tasks", default=None, help="multiple-choice data for the held-out acc (default mmlu)")
+    h.add_argument("--heldout", default="ppl,kl,acc", help="held-out metrics before and after ('' for none)")
+    h.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens for ppl and kl")
+    h.add_argument("--questions", type=int, default=256, help="held-out questions for acc")
+    h.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
+                   help="save the training state this often (default %(default)s; 0: every step)")
+    h.add_argument("--state", default=None, help="folder of the resumable state (default OUT.heal-state)")
+    h.add_argument("--lora-rank", type=int, default=16)
+    h.add_argument("--lora-alpha", type=float, default=32.0)
+    h.add_argument("--no-progress", action="store_true")
+    h.add_argument("--json", action="store_true", help="print heal.json's summary as JSON")
 
 
 def _grid_parsers(sub) -> None:
