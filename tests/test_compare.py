@@ -66,7 +66,7 @@ def test_compare_report_numbers_are_the_studies(lm, text_file, tmp_path):
     with open(tmp_path / "rep" / "evaluations.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == sum(len(r.trace) for r in exp.runs)
     held = res.heldout
-    assert set(held) == {"random", "genetic", "dense (no removal)"}
+    assert set(held) == {"random", "genetic", "optimum (brute force)", "dense (no removal)"}
     assert all(s.se is not None and s.se >= 0 for row in held.values() for s in row.values())
     html = (tmp_path / "rep" / "index.html").read_text()
     assert "brute-force optimum" in html and "data:image/png;base64," in html

@@ -209,7 +209,7 @@ def final_values_section(exp: Experiment, ref: Reference | None, doc: Doc, level
     if ref is None:
         doc.p("No run succeeded: nothing to compare.")
     else:
-        kind = "the brute-force optimum" if ref.exact else "the best mask any run found (best known, not proven optimal)"
+        kind = "the brute-force optimum" if ref.exact else "the best known mask (not proven optimal)"
         doc.p(f"Reference: {exp.objective} = {_fmt(ref.value)} removing blocks {list(ref.removed)}, {kind}. "
               f"{len(exp.runs)} runs, {n_failed} failed. Direction: {exp.direction}.")
     target = "optimum" if ref is not None and ref.exact else "best known"
