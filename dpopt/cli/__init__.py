@@ -32,7 +32,8 @@ def _problem(a, objective: str, split: str | None = None, shared: Sequence[str] 
         validate_objective_spec(list(shared), _objective_options(a))
     return Problem(model=a.model, objective=objective, options=_objective_options(a), data=a.data, tasks=a.tasks,
                    split=split or a.split, data_seed=a.data_seed, dtype=a.dtype, prefix_sharing=not a.no_prefix_sharing,
-                   cache_mb=a.cache_mb, memory_mb=a.memory_mb, **extra).validate(shared_options=bool(shared))
+                   cache_mb=a.cache_mb, memory_mb=a.memory_mb, patch=a.patch, patch_tokens=a.patch_tokens,
+                   **extra).validate(shared_options=bool(shared))
 
 
 def _grid_options(a) -> dict[str, dict]:
@@ -53,7 +54,7 @@ def _grid_kwargs(a) -> dict:
                 brute_force=True if a.brute_force else None, seconds=a.time_budget, algo_options=_grid_options(a),
                 overwrite=a.overwrite, progress=not a.no_progress,
                 evaluator_options=dict(prefix_sharing=not a.no_prefix_sharing, cache_mb=a.cache_mb,
-                                       memory_mb=a.memory_mb),
+                                       memory_mb=a.memory_mb, patch=a.patch, patch_tokens=a.patch_tokens),
                 **_objective_options(a))
 
 
@@ -178,11 +179,13 @@ def _next_commands(a, res) -> str:
         else ",".join(map(str, res.removed_layers))
     model = a.model if " " not in a.model else repr(a.model)
     data = f" --data {a.data}" if a.data else ""
+    patch = f" --patch {a.patch}{data}" if a.patch else ""
     lines = ["next:",
-             f"  {exe} export --model {model} --remove {removed} --out pruned-model",
+             f"  {exe} export --model {model} --remove {removed}{patch} --out pruned-model",
              *([f"  {exe} export --model {model} --from-result {res.pareto['file']} --point N --out pruned-model"
                 "   # any point of the front"] if res.pareto and res.pareto.get("file") else []),
-             f"  {exe} eval --model {model} --remove {removed} --objective 'ppl;kl'{data}   # held-out split"]
+             f"  {exe} eval --model {model} --remove {removed} --objective 'ppl;kl'{data}"
+             f"{' --patch ' + a.patch if a.patch else ''}   # held-out split"]
     if res.study:
         lines.append(f"  {exe} dashboard --storage {res.storage}")
     return "\n".join(lines)
@@ -198,7 +201,7 @@ def cmd_eval(a) -> int:
     lm = api.load(problem.model, a.device, problem.dtype)
     res = api.evaluate_mask(lm, a.remove, specs, data=a.data, tasks=a.tasks, split=a.split, data_seed=a.data_seed,
                             prefix_sharing=not a.no_prefix_sharing, cache_mb=a.cache_mb, memory_mb=a.memory_mb,
-                            **_objective_options(a))
+                            patch=a.patch, patch_tokens=a.patch_tokens, **_objective_options(a))
     if a.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -220,13 +223,17 @@ def cmd_export(a) -> int:
         raise UserError("--point picks a point of --from-result pareto.json")
     fmt = a.format or ("gguf" if str(a.out).lower().endswith(".gguf") else "transformers")
     api.prepare_export(a.out, a.force, fmt)  # fail before the model loads
-    problem = api.Problem(model=a.model, dtype=a.dtype).validate()
+    options = {"seq_len": a.seq_len} if a.seq_len is not None else {}
+    problem = api.Problem(model=a.model, dtype=a.dtype, data=a.data, data_seed=a.data_seed, options=options,
+                          patch=a.patch, patch_tokens=a.patch_tokens).validate()
     lm = api.load(problem.model, a.device, problem.dtype)
-    out = api.export(lm, remove, a.out, force=a.force, format=fmt, gguf_type=a.gguf_type)
+    out = api.export(lm, remove, a.out, force=a.force, format=fmt, gguf_type=a.gguf_type, patch=problem)
     space, mask = api.parse_removed_units(lm, remove)
     units = api.removed_unit_names(lm, space, mask)
     dropped = sum(u.startswith("block.") for u in units)
     print(f"wrote {out}: {lm.n_blocks - dropped} of {lm.n_blocks} blocks kept (removed {', '.join(units)})")
+    for note in (api.exported_patch(out) if a.patch else []):
+        print(f"  patch: {note}")
     return 0
 
 
