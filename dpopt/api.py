@@ -128,14 +128,6 @@ def export(lm: LoadedModel, remove: str | Sequence, out: str, force: bool = Fals
                                patches=patches)
 
 
-def exported_patch(folder: str | Path) -> list[str]:
-    """Where an export's patches were folded, one line each (its config's ``dpopt_patch``)."""
-    import json
-
-    config = json.loads((Path(folder) / "config.json").read_text())
-    return list(config.get("dpopt_patch") or [])
-
-
 def open_record(lm: LoadedModel, evaluator: Evaluator, algo: str, k: int, seed: int, storage: str | None,
                 study: str | None, extra: dict | None = None):
     """The study a run removing ``k`` units records into (None with ``storage="none"``); refuses a

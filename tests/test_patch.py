@@ -216,3 +216,16 @@ def test_post_norm_family_is_refused_in_one_line(calib_file):
     lm.masked = MaskedModel(lm.model)
     with pytest.raises(UserError, match="opt .*post-norm"):
         patcher_for(lm, _settings(calib_file))
+
+
+def test_search_scores_with_the_patch(tiny_ck, calib_file, tmp_path, capsys):
+    out = tmp_path / "result.json"
+    args = ["search", "--model", tiny_ck, "--algo", "greedy", "--objective", "kl", "--remove", 2, "--data", calib_file,
+            "--tokens", 64, "--seq-len", 16, "--storage", "none", "--no-progress", "--output", out]
+    rc, stdout, err = run_cli([*args, "--patch", "linear", "--patch-tokens", 128], capsys)
+    assert rc == 0, err
+    patched = json.loads(out.read_text())
+    assert patched["settings"]["patch"]["tokens"] == 128 and "--patch linear" in stdout
+    rc, _, err = run_cli(args, capsys)
+    plain = json.loads(out.read_text())
+    assert rc == 0 and "patch" not in plain["settings"] and plain["fingerprint"] != patched["fingerprint"]

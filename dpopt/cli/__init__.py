@@ -232,8 +232,9 @@ def cmd_export(a) -> int:
     units = api.removed_unit_names(lm, space, mask)
     dropped = sum(u.startswith("block.") for u in units)
     print(f"wrote {out}: {lm.n_blocks - dropped} of {lm.n_blocks} blocks kept (removed {', '.join(units)})")
-    for note in (api.exported_patch(out) if a.patch else []):
-        print(f"  patch: {note}")
+    if a.patch:  # where each span's map went, as the export's config records it
+        for note in json.loads((Path(out) / "config.json").read_text()).get("dpopt_patch") or []:
+            print(f"  patch: {note}")
     return 0
 
 
