@@ -67,6 +67,8 @@ def test_folded_export_equals_unfolded_patch(family, calib_file, tmp_path):
                               patches=patcher.patches(mask))
     cfg = json.loads((out / "config.json").read_text())
     assert len(cfg["dpopt_patch"]) >= 3 and "embeddings" in cfg["dpopt_patch"][-3]
+    if tied:  # the head keeps the unfolded matrix, and the config says so (not left to the loader's guess)
+        assert cfg["tie_word_embeddings"] is False and "untied" in cfg["dpopt_patch"][0]
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     with torch.no_grad():
         folded = reloaded(input_ids=ids, use_cache=False).logits
@@ -82,6 +84,30 @@ def test_folded_export_equals_unfolded_patch(family, calib_file, tmp_path):
         gen_nocache = reloaded.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6,
                                         do_sample=False, pad_token_id=1, use_cache=False)
     assert gen.shape[1] == prompt.shape[1] + 6 and torch.equal(gen, gen_nocache)
+
+
+def test_fit_is_least_squares_on_the_mlp_output(calib_file):
+    """Delta solves min ||B Delta - (Y - H)|| with B block 1's down_proj output, H its block output
+    and Y the dense state after the span: checked against torch's lstsq on hooks of the dense model."""
+    lm = make_tiny_lm("llama", N_BLOCKS, seed=5)
+    settings = PatchSettings(data=str(calib_file), tokens=192, seq_len=16, ridge=1e-10)
+    patcher = patcher_for(lm, settings)
+    mask = LayerMask.from_removed(N_BLOCKS, [2, 3])
+    (patch,) = patcher.patches(mask)
+    caught, states = [], []
+    hooks = [lm.model.model.layers[1].mlp.down_proj.register_forward_hook(lambda m, a, o: caught.append(o))]
+    hooks += [lm.model.model.layers[i].register_forward_hook(lambda m, a, o: states.append(o[0] if isinstance(o, tuple)
+                                                                                          else o)) for i in (1, 3)]
+    with torch.no_grad():
+        for p in patcher.prepared:
+            lm.masked.forward_masked(LayerMask.dense(N_BLOCKS), p)
+    for h in hooks:
+        h.remove()
+    b = torch.cat([c.reshape(-1, c.shape[-1]) for c in caught]).double()
+    h1 = torch.cat([s.reshape(-1, s.shape[-1]) for s in states[0::2]]).double()
+    y3 = torch.cat([s.reshape(-1, s.shape[-1]) for s in states[1::2]]).double()
+    want = torch.linalg.lstsq(b, y3 - h1).solution
+    assert torch.allclose(patch.delta, want, atol=1e-4 * want.abs().max().item()), (patch.delta - want).abs().max()
 
 
 def _linear_span_model():

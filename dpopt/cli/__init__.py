@@ -205,7 +205,8 @@ def cmd_eval(a) -> int:
     if a.json:
         print(json.dumps(res, indent=2))
         return 0
-    print(f"model {res['model']}, removed {', '.join(res['removed_units']) or 'nothing'}, {res['split']} split "
+    patch = f", each span patched ({a.patch}, fitted on the calib split)" if a.patch else ""
+    print(f"model {res['model']}, removed {', '.join(res['removed_units']) or 'nothing'}{patch}, {res['split']} split "
           f"(data seed {res['data_seed']})")
     for name, row in res["objectives"].items():
         extra = "".join(f"  {k}={v:.4f}" for k, v in row["details"].items() if k != name)
