@@ -214,7 +214,7 @@ class LinearPatcher:
         start = end
         while start > 0 and not prefix[start - 1]:
             start -= 1
-        if prefix[end] or start < 0:
+        if prefix[end]:
             raise ValueError("a patch prefix must end with a removed block")
         states = [(h, h) for h in self._dense[0]] if start == 0 else self._state(prefix[:start])
         diagonal = start > 0 and self.point.diagonal
