@@ -98,14 +98,24 @@ def make_evaluator(lm: LoadedModel, objective: str = "ppl", data: str | None = N
 
 
 def export(lm: LoadedModel, remove: str | Sequence, out: str, force: bool = False, format: str = "transformers",
-           gguf_type: str | None = None) -> Path:
+           gguf_type: str | None = None, patch: Problem | None = None) -> Path:
     """Write the model without the ``remove`` units (``"attn.3,mlp.7,12"``; integers are blocks).
 
     ``format="gguf"`` writes one GGUF file (:mod:`dpopt.models.gguf_export`); ``gguf_type``
-    (f32, f16, bf16, q8_0) is the tensor type when the source is a transformers checkpoint."""
+    (f32, f16, bf16, q8_0) is the tensor type when the source is a transformers checkpoint.
+    ``patch``: a validated Problem whose ``patch`` is set (its data, data seed and
+    ``patch_tokens`` decide the fits); each removed span's map is folded into the weights."""
     from .models.export import export_pruned_units, prepare_out_dir
 
     space, mask = parse_removed_units(lm, remove)
+    patches = ()
+    if patch is not None and patch.patch is not None:
+        from .models.patch import check_patch
+
+        check_patch(patch.patch, space.kind)
+        if format != "transformers":
+            raise UserError("--patch linear folds into a transformers checkpoint; it does not combine with --format gguf")
+        patches = patch.patcher(lm).patches(mask)
     if format == "gguf":
         from .models.gguf_export import export_gguf
 
@@ -114,7 +124,8 @@ def export(lm: LoadedModel, remove: str | Sequence, out: str, force: bool = Fals
         raise UserError(f"--format must be transformers or gguf, got {format!r}" if format != "transformers"
                         else "--gguf-type needs --format gguf")
     prepare_out_dir(out, force)
-    return export_pruned_units(lm.masked, lm.tokenizer, space.removed_names(mask), out, source=lm.source, force=force)
+    return export_pruned_units(lm.masked, lm.tokenizer, space.removed_names(mask), out, source=lm.source, force=force,
+                               patches=patches)
 
 
 def open_record(lm: LoadedModel, evaluator: Evaluator, algo: str, k: int, seed: int, storage: str | None,

@@ -14,6 +14,12 @@ is the smallest call, so ``mlp.3`` and ``attn.3`` masks part at block 3).
 Two memos make repeated work free: per-(mask, batch) partial scores (a mask seen before
 costs nothing, and raising its fidelity scores only the new batches), and an LRU of prefix
 activations shared by several masks, kept across calls within ``cache_mb``.
+
+With a linear patch (:mod:`dpopt.models.patch`) each prefix also carries the MLP branch
+term of its last kept block, and a run of removed blocks is replaced, where the next kept
+block (or the head) reads the stream, by ``hidden + branch @ Delta``: the span's fit is
+keyed by the prefix that ends with it, which is exactly what decides it, so the tree still
+shares every block before a span.
 """
 from __future__ import annotations
 
@@ -58,6 +64,13 @@ class LoadedModel:
 class _Group:
     hidden: torch.Tensor
     masks: list[LayerMask]
+    branch: torch.Tensor | None = None  # with a patch: the last kept block's MLP term (or h0)
+
+
+def _nbytes(x) -> int:
+    if isinstance(x, tuple):
+        return sum(_nbytes(t) for t in x)
+    return x.numel() * x.element_size()
 
 
 class PrefixCache:
@@ -75,14 +88,14 @@ class PrefixCache:
         return t
 
     def put(self, key, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
+        size = _nbytes(tensor)
         if size > self.limit or key in self.store:
             return
         self.store[key] = tensor
         self.used += size
         while self.used > self.limit:
             _, old = self.store.popitem(last=False)
-            self.used -= old.numel() * old.element_size()
+            self.used -= _nbytes(old)
 
     def clear(self) -> None:
         self.store.clear()
@@ -110,8 +123,9 @@ class Evaluator(MemoEvaluator):
 
     def __init__(self, lm: LoadedModel, objective, prefix_sharing: bool = True, cache_mb: float | None = None,
                  memory_mb: float | None = None, fingerprint=None, units: UnitSpace | None = None,
-                 costs: Sequence = (), problem=None):
+                 costs: Sequence = (), problem=None, patch=None):
         super().__init__()
+        self.patch = patch  # a LinearPatcher: every removed span is scored with its fitted map
         self.costs = list(costs)  # what a multi-objective search minimises beside the objective
         self.problem = problem  # the dpopt.Problem it was built from: a worker rebuilds it from its recipe
         self.lm = lm
@@ -119,6 +133,8 @@ class Evaluator(MemoEvaluator):
         if self.units.n_blocks != lm.n_blocks:
             raise ValueError(f"unit space over {self.units.n_blocks} blocks for a model of {lm.n_blocks}")
         self._bounds = self.units.bounds
+        if patch is not None and self.units.kind != "block":
+            raise ValueError("a linear patch replaces runs of removed blocks: it needs the block space")
         family = lm.masked.family
         self._all_kinds = frozenset(family.sublayers or ())
         self._empty_is_identity = bool(family.empty_block_is_identity(lm.model.config))
@@ -251,14 +267,14 @@ class Evaluator(MemoEvaluator):
         # is the bits of every unit before block ``level``
         pending: dict[int, dict[bytes, _Group]] = {}
         for m in masks:
-            level, hidden = 0, prep.h0
+            level, hidden, branch = 0, prep.h0, prep.h0 if self.patch else None
             for lv in range(n, 0, -1):
                 t = self.cache.get((batch.index, _prefix_key(m, bounds[lv])))
                 if t is not None:
-                    level, hidden = lv, t
+                    level, (hidden, branch) = lv, (t if self.patch else (t, None))
                     break
             groups = pending.setdefault(level, {})
-            groups.setdefault(_prefix_key(m, bounds[level]), _Group(hidden, [])).masks.append(m)
+            groups.setdefault(_prefix_key(m, bounds[level]), _Group(hidden, [], branch)).masks.append(m)
         active: dict[bytes, _Group] = {}
         for level in range(n):
             _merge(active, pending.pop(level, {}))
@@ -272,29 +288,39 @@ class Evaluator(MemoEvaluator):
                 for own, members in split.items():
                     action = self._action(level, np.frombuffer(own, dtype=bool))
                     if action is None:
-                        nxt[key + own] = _Group(g.hidden, members)
+                        nxt[key + own] = _Group(g.hidden, members, g.branch)
                     else:
-                        runs.setdefault(action, []).append((key + own, _Group(g.hidden, members)))
+                        hidden = self._after_span(key, g)
+                        runs.setdefault(action, []).append((key + own, _Group(hidden, members, g.branch)))
             for skip, need in runs.items():
-                for (key, g), out in zip(need, self._stacked_block(level, [g.hidden for _, g in need], prep, skip)):
-                    g.hidden = out
+                outs = self._stacked_block(level, [g.hidden for _, g in need], prep, skip)
+                for (key, g), (out, branch) in zip(need, outs):
+                    g.hidden, g.branch = out, branch
                     nxt[key] = g
                     if len(g.masks) > 1:  # shared prefixes are what later calls reuse
-                        self.cache.put((batch.index, key), out)
+                        self.cache.put((batch.index, key), (out, branch) if self.patch else out)
             active = nxt
             del runs
         _merge(active, pending.pop(n, {}))
         results: dict[bytes, Any] = {}
-        for g in active.values():
-            part = self._score_hidden(g.hidden, batch)
+        for key, g in active.items():
+            part = self._score_hidden(self._after_span(key, g), batch)
             for m in g.masks:
                 results[m.key()] = part
         return [results[m.key()] for m in masks]
 
+    def _after_span(self, key: bytes, g: _Group) -> torch.Tensor:
+        """The group's hidden state where the stream is read next: patched if ``key`` (its
+        prefix) ends with a removed block and the evaluator patches spans."""
+        if self.patch is None or not key or key[-1]:
+            return g.hidden
+        return self.patch.apply(key, g.hidden, g.branch)
+
     def _stacked_block(self, level: int, hiddens: list[torch.Tensor], prep,
-                       skip: frozenset[str] = frozenset()) -> list[torch.Tensor]:
+                       skip: frozenset[str] = frozenset()) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """Run block ``level`` (skipping the ``skip`` sub-layers) on many prefixes at once, in
-        chunks that fit the memory budget."""
+        chunks that fit the memory budget; each output comes with its MLP branch term when
+        the evaluator patches spans (else None)."""
         if not hiddens:
             return []
         self.block_calls += len(hiddens)
@@ -303,15 +329,22 @@ class Evaluator(MemoEvaluator):
         width = max(h.shape[-1], getattr(cfg, "intermediate_size", 0) or 0, getattr(cfg, "ffn_dim", 0) or 0)
         per = h.shape[0] * h.shape[1] * width * h.element_size() * 4  # rough activation peak per prefix
         chunk = max(1, self.memory_bytes // max(per, 1))
-        out: list[torch.Tensor] = []
+        out: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         for i in range(0, len(hiddens), chunk):
             part = hiddens[i : i + chunk]
             stacked = torch.cat(part, dim=0) if len(part) > 1 else part[0]
-            res = self.lm.masked.run_block(level, stacked, prep, skip=skip)
-            out.extend(res.split(h.shape[0], dim=0) if len(part) > 1 else [res])
+            if self.patch is not None:
+                res, branch = self.patch.run_block(level, stacked, prep)
+                out.extend(zip(res.split(h.shape[0], dim=0), branch.split(h.shape[0], dim=0)))
+            else:
+                res = self.lm.masked.run_block(level, stacked, prep, skip=skip)
+                out.extend((r, None) for r in res.split(h.shape[0], dim=0))
         return out
 
     def _forward_one(self, mask: LayerMask, prep) -> torch.Tensor:
+        if self.patch is not None:
+            self.block_calls += len(mask.kept())
+            return self.patch.last_hidden(mask, prep)
         h = prep.h0
         bounds = self._bounds
         for i in range(self.n_blocks):

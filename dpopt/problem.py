@@ -92,6 +92,8 @@ class Problem:
     prefix_sharing: bool = True
     cache_mb: float | None = None
     memory_mb: float | None = None
+    patch: str | None = None  # "linear": every removed span is scored with its least-squares map
+    patch_tokens: int | None = None  # calibration tokens the patch fits use (default 4096)
 
     # --- checks ------------------------------------------------------------------------------
     def validate(self, loaded: bool = False, shared_options: bool = False) -> "Problem":
@@ -114,6 +116,10 @@ class Problem:
             raise UserError(f"--units must be one of {', '.join(UNIT_SPACES)}, got {self.units!r}")
         if self.tie and self.units != "sublayer":
             raise UserError("--tie ties a block's attention and MLP units: it needs --units sublayer")
+        from .models.patch import check_patch
+
+        check_patch(self.patch, self.units)
+        _check_int(self.patch_tokens, "--patch-tokens", 1)
         for flag, value in (("--cache-mb", self.cache_mb), ("--memory-mb", self.memory_mb)):
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise UserError(f"{flag} must be a number of MiB >= 0, got {value!r}")
@@ -126,6 +132,8 @@ class Problem:
             check_data_ref(self.data or DEFAULT_TEXT, "--data")
         if mc and self.tasks is not None:
             check_data_ref(self.tasks, "--tasks")
+        if self.patch is not None and not text:  # the fits read text even where the objective does not
+            check_data_ref(self.data or DEFAULT_TEXT, "--data")
         # no --minimize: the options can only be --max-latency's timer's
         check_cost_options(list(self.minimize) or ["latency"], self.cost_options)
         if not isinstance(self.model, str) or not self.model.strip():
@@ -191,11 +199,34 @@ class Problem:
         obj, obj_data = build_objective(self.objective, data=self.data, tasks=self.tasks, split=self.split,
                                         seed=self.data_seed, **self.options)
         obj.prepare(lm, obj_data)
+        patcher = self.patcher(lm)
+        if patcher is not None and space.kind != "block":
+            from .models.patch import check_patch
+
+            check_patch(self.patch, space.kind)
         fingerprint = Fingerprint(self.settings(lm, obj, space, costs))
         evaluator = Evaluator(lm, obj, prefix_sharing=self.prefix_sharing, cache_mb=self.cache_mb,
-                              memory_mb=self.memory_mb, fingerprint=fingerprint, units=space, costs=costs, problem=self)
+                              memory_mb=self.memory_mb, fingerprint=fingerprint, units=space, costs=costs, problem=self,
+                              patch=patcher)
         evaluator.prepare_seconds = time.perf_counter() - start  # what a search reports beside its own time
         return evaluator
+
+    def patch_settings(self):
+        """What the patch fits are made from: the calibration split of the search's text data."""
+        from .models.patch import DEFAULT_PATCH_TOKENS, PatchSettings
+
+        if self.patch is None:
+            return None
+        return PatchSettings(kind=self.patch, data=self.data, data_seed=self.data_seed,
+                             tokens=self.patch_tokens or DEFAULT_PATCH_TOKENS,
+                             seq_len=int(self.options.get("seq_len") or 512))
+
+    def patcher(self, lm):
+        """The model's shared patcher for this problem's patch (None without one)."""
+        from .models.patch import patcher_for
+
+        settings = self.patch_settings()
+        return None if settings is None else patcher_for(lm, settings)
 
     def settings(self, lm, objective, space, costs: Sequence = ()) -> dict[str, Any]:
         """Everything that decides a mask's value: what the fingerprint hashes.
@@ -220,6 +251,8 @@ class Problem:
             settings["units"] = list(space.names)
         if costs:
             settings["costs"] = {c.name: c.settings() for c in costs}
+        if self.patch is not None:  # absent without a patch, so unpatched studies keep their fingerprint
+            settings["patch"] = self.patch_settings().identity()
         return settings
 
 
@@ -227,14 +260,16 @@ def problem_for(lm, objective: str = "ppl", data: str | None = None, tasks: str 
                 split: str = "calib", data_seed: int = DEFAULT_DATA_SEED, prefix_sharing: bool = True,
                 cache_mb: float | None = None, memory_mb: float | None = None, units: str = "block",
                 tie: bool = False, minimize: str | Sequence[str] | None = None, cost_options: dict | None = None,
-                shared_options: bool = False, **options) -> Problem:
+                shared_options: bool = False, patch: str | None = None, patch_tokens: int | None = None,
+                **options) -> Problem:
     """The validated Problem of scoring ``lm`` so (its model reference is the one it was loaded from)."""
     if isinstance(minimize, str):
         minimize = [m.strip() for m in minimize.split(",") if m.strip()]
     return Problem(model=lm.spec or lm.source, objective=objective, options=options, data=data, tasks=tasks,
                    split=split, data_seed=data_seed, units=units, tie=tie, minimize=tuple(minimize or ()),
                    cost_options=dict(cost_options or {}), dtype=str(lm.masked.dtype).replace("torch.", ""),
-                   prefix_sharing=prefix_sharing, cache_mb=cache_mb, memory_mb=memory_mb).validate(
+                   prefix_sharing=prefix_sharing, cache_mb=cache_mb, memory_mb=memory_mb, patch=patch,
+                   patch_tokens=patch_tokens).validate(
                        loaded=True, shared_options=shared_options)
 
 

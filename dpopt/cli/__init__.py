@@ -32,7 +32,8 @@ def _problem(a, objective: str, split: str | None = None, shared: Sequence[str] 
         validate_objective_spec(list(shared), _objective_options(a))
     return Problem(model=a.model, objective=objective, options=_objective_options(a), data=a.data, tasks=a.tasks,
                    split=split or a.split, data_seed=a.data_seed, dtype=a.dtype, prefix_sharing=not a.no_prefix_sharing,
-                   cache_mb=a.cache_mb, memory_mb=a.memory_mb, **extra).validate(shared_options=bool(shared))
+                   cache_mb=a.cache_mb, memory_mb=a.memory_mb, patch=a.patch, patch_tokens=a.patch_tokens,
+                   **extra).validate(shared_options=bool(shared))
 
 
 def _grid_options(a) -> dict[str, dict]:
@@ -50,10 +51,11 @@ def _grid_options(a) -> dict[str, dict]:
 def _grid_kwargs(a) -> dict:
     return dict(algos=a.algos, remove=a.remove, budget=a.budget, seeds=a.seeds, report=a.report, storage=a.storage,
                 data=a.data, tasks=a.tasks, data_seed=a.data_seed, protect=a.protect,
-                brute_force=True if a.brute_force else None, reference_budget=a.reference_budget, seconds=a.time_budget, algo_options=_grid_options(a),
+                brute_force=True if a.brute_force else None, reference_budget=a.reference_budget,
+                seconds=a.time_budget, algo_options=_grid_options(a),
                 overwrite=a.overwrite, progress=not a.no_progress,
                 evaluator_options=dict(prefix_sharing=not a.no_prefix_sharing, cache_mb=a.cache_mb,
-                                       memory_mb=a.memory_mb),
+                                       memory_mb=a.memory_mb, patch=a.patch, patch_tokens=a.patch_tokens),
                 heldout_options=dict(tokens=a.heldout_tokens, questions=a.heldout_questions),
                 **_objective_options(a))
 
@@ -186,11 +188,13 @@ def _next_commands(a, res) -> str:
         else ",".join(map(str, res.removed_layers))
     model = a.model if " " not in a.model else repr(a.model)
     data = f" --data {a.data}" if a.data else ""
+    patch = f" --patch {a.patch}{data}" if a.patch else ""
     lines = ["next:",
-             f"  {exe} export --model {model} --remove {removed} --out pruned-model",
+             f"  {exe} export --model {model} --remove {removed}{patch} --out pruned-model",
              *([f"  {exe} export --model {model} --from-result {res.pareto['file']} --point N --out pruned-model"
                 "   # any point of the front"] if res.pareto and res.pareto.get("file") else []),
-             f"  {exe} eval --model {model} --remove {removed} --objective 'ppl;kl'{data}   # held-out split"]
+             f"  {exe} eval --model {model} --remove {removed} --objective 'ppl;kl'{data}"
+             f"{' --patch ' + a.patch if a.patch else ''}   # held-out split"]
     if res.study:
         lines.append(f"  {exe} dashboard --storage {res.storage}")
     return "\n".join(lines)
@@ -206,11 +210,12 @@ def cmd_eval(a) -> int:
     lm = api.load(problem.model, a.device, problem.dtype)
     res = api.evaluate_mask(lm, a.remove, specs, data=a.data, tasks=a.tasks, split=a.split, data_seed=a.data_seed,
                             prefix_sharing=not a.no_prefix_sharing, cache_mb=a.cache_mb, memory_mb=a.memory_mb,
-                            **_objective_options(a))
+                            patch=a.patch, patch_tokens=a.patch_tokens, **_objective_options(a))
     if a.json:
         print(json.dumps(res, indent=2))
         return 0
-    print(f"model {res['model']}, removed {', '.join(res['removed_units']) or 'nothing'}, {res['split']} split "
+    patch = f", each span patched ({a.patch}, fitted on the calib split)" if a.patch else ""
+    print(f"model {res['model']}, removed {', '.join(res['removed_units']) or 'nothing'}{patch}, {res['split']} split "
           f"(data seed {res['data_seed']})")
     for name, row in res["objectives"].items():
         extra = "".join(f"  {k}={v:.4f}" for k, v in row["details"].items() if k != name)
@@ -228,13 +233,18 @@ def cmd_export(a) -> int:
         raise UserError("--point picks a point of --from-result pareto.json")
     fmt = a.format or ("gguf" if str(a.out).lower().endswith(".gguf") else "transformers")
     api.prepare_export(a.out, a.force, fmt)  # fail before the model loads
-    problem = api.Problem(model=a.model, dtype=a.dtype).validate()
+    options = {"seq_len": a.seq_len} if a.seq_len is not None else {}
+    problem = api.Problem(model=a.model, dtype=a.dtype, data=a.data, data_seed=a.data_seed, options=options,
+                          patch=a.patch, patch_tokens=a.patch_tokens).validate()
     lm = api.load(problem.model, a.device, problem.dtype)
-    out = api.export(lm, remove, a.out, force=a.force, format=fmt, gguf_type=a.gguf_type)
+    out = api.export(lm, remove, a.out, force=a.force, format=fmt, gguf_type=a.gguf_type, patch=problem)
     space, mask = api.parse_removed_units(lm, remove)
     units = api.removed_unit_names(lm, space, mask)
     dropped = sum(u.startswith("block.") for u in units)
     print(f"wrote {out}: {lm.n_blocks - dropped} of {lm.n_blocks} blocks kept (removed {', '.join(units)})")
+    if a.patch:  # where each span's map went, as the export's config records it
+        for note in json.loads((Path(out) / "config.json").read_text()).get("dpopt_patch") or []:
+            print(f"  patch: {note}")
     return 0
 
 

@@ -46,6 +46,14 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                    help="activation budget of one batched block call, of the masks in flight, and of the logits scored at once "
                         "(default: 1/8 of the weights' size on CPU, 1/2 on GPU)")
     p.add_argument("--no-prefix-sharing", action="store_true", help="run each mask alone (for checking)")
+    _patch_args(p)
+
+
+def _patch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--patch", default=None, choices=["linear"],
+                   help="linear: replace each run of removed blocks by a least-squares map fitted on the calibration "
+                        "split, as the export folds it into the weights (ReplaceMe)")
+    p.add_argument("--patch-tokens", type=int, default=None, help="calibration tokens the patch fits use (default 4096)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +143,10 @@ def _export_parser(sub) -> None:
                         "quantization kept (default: gguf when --out ends in .gguf)")
     x.add_argument("--gguf-type", choices=("f32", "f16", "bf16", "q8_0"), default=None,
                    help="with --format gguf from a transformers source: the tensor type (default f16)")
+    _patch_args(x)
+    x.add_argument("--data", default=None, help="with --patch: text data whose calibration split the fits use")
+    x.add_argument("--data-seed", type=int, default=DEFAULT_DATA_SEED, help="with --patch: orders the calibration items")
+    x.add_argument("--seq-len", type=int, default=None, help="with --patch: tokens per calibration sequence (default 512)")
 
 
 def _heal_parser(sub) -> None:

@@ -111,17 +111,21 @@ def export_pruned(masked, tokenizer, mask: LayerMask, out: str | os.PathLike, so
     return export_pruned_units(masked, tokenizer, [f"block.{i}" for i in mask.removed()], out, source, force)
 
 
-_DPOPT_KEYS = ("dpopt_removed_layers", "dpopt_removed_units", "dpopt_original_num_hidden_layers", "dpopt_source")
+_DPOPT_KEYS = ("dpopt_removed_layers", "dpopt_removed_units", "dpopt_original_num_hidden_layers", "dpopt_source",
+               "dpopt_patch")
 
 
 def export_pruned_units(masked, tokenizer, removed: Iterable[str], out: str | os.PathLike, source: str = "",
-                        force: bool = False) -> Path:
+                        force: bool = False, patches: Sequence = ()) -> Path:
     """Write the model with the named units removed to ``out`` atomically: a temporary sibling, then a rename.
 
     ``removed`` holds ``block.I``, ``attn.I`` and ``mlp.I`` names (original indices). The
     config records ``dpopt_removed_layers`` (the blocks dropped outright) and
-    ``dpopt_removed_units`` (every removed unit, canonical names).
+    ``dpopt_removed_units`` (every removed unit, canonical names). ``patches``: fitted span
+    patches (:mod:`.patch`), folded into the weights; ``dpopt_patch`` says where each went.
     """
+    from .patch import folded
+
     plan = plan_units(masked, removed)  # a bad unit name fails before anything is written
     out = prepare_out_dir(out, force)
     model = masked.model
@@ -130,7 +134,9 @@ def export_pruned_units(masked, tokenizer, removed: Iterable[str], out: str | os
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        with masked.applied_units(plan.names()):
+        with folded(masked, patches) as notes, masked.applied_units(plan.names()):
+            if patches:
+                model.config.dpopt_patch = notes
             model.config.dpopt_removed_layers = list(plan.dropped)
             model.config.dpopt_removed_units = plan.names()
             model.config.dpopt_original_num_hidden_layers = masked.n_blocks

@@ -51,6 +51,24 @@ class SubLayer:
     arity: int = 1  # the silenced module returns a tuple of this length (output, None, ...); 1: a tensor
 
 
+@dataclass(frozen=True)
+class PatchPoint:
+    """Where a linear patch for the removed span after a block acts and is folded (see :mod:`.patch`).
+
+    ``module`` is the last module of the block's MLP branch: its output, times ``scale``,
+    is what the block adds to the residual stream, so a map applied to that output changes
+    only the branch's term and can be folded into the module's weights exactly. A linear
+    layer takes a full matrix; an elementwise norm (``diagonal``, Gemma2/3 and OLMo2's
+    post-feedforward RMSNorm) only a per-channel scale, since a matrix cannot pass through
+    the norm. ``norm_offset``: the norm multiplies by ``offset + weight`` (Gemma's 1 + w).
+    """
+
+    module: str
+    diagonal: bool = False
+    norm_offset: float = 0.0
+    scale: Callable[[object], float] = lambda config: 1.0
+
+
 def _llama_sublayers(attn: str = "self_attn", mlp: str = "mlp", attn_norms=("input_layernorm",),
                      mlp_norms=("post_attention_layernorm",), o_proj: str = "o_proj",
                      down_proj: str = "down_proj") -> dict[str, SubLayer]:
@@ -75,6 +93,11 @@ class FamilySpec:
     # whether a block with every branch silenced is the identity (pre-norm); False for post-norm
     # blocks (OPT-350m style), whose norm after the residual add still acts on the stream
     empty_block_is_identity: Callable[[object], bool] = lambda config: True
+    # where a linear patch for a removed span folds into the block before it; None: nowhere exact
+    patch_point: Callable[[object], PatchPoint | None] = lambda config: None
+    # the modules whose outputs add up to the hidden state entering block 0 (a span from block 0
+    # folds its patch there); their weight rows are vectors of the residual stream
+    embeddings: Callable[[nn.Module], tuple[str, ...]] = lambda model: ("model.embed_tokens",)
 
     def block_list(self, model: nn.Module) -> nn.ModuleList:
         return get_path(model, self.blocks)
@@ -103,19 +126,22 @@ def register_family(spec: FamilySpec, *model_types: str) -> FamilySpec:
 
 
 _LLAMA_SUBLAYERS = _llama_sublayers()
+_DOWN_PROJ = PatchPoint("mlp.down_proj")
 _LLAMA_LIKE = FamilySpec("llama-like", blocks="model.layers", final=("model.norm",), head="lm_head",
-                         sublayers=_LLAMA_SUBLAYERS)
+                         sublayers=_LLAMA_SUBLAYERS, patch_point=lambda c: _DOWN_PROJ)
 register_family(_LLAMA_LIKE, "llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3")
 # OLMo2 normalises each branch's output (no input norms): RMSNorm(0) = 0 keeps a silenced branch at 0
 register_family(
     replace(_LLAMA_LIKE, name="olmo2",
             sublayers=_llama_sublayers(attn_norms=("post_attention_layernorm",),
-                                       mlp_norms=("post_feedforward_layernorm",))),
+                                       mlp_norms=("post_feedforward_layernorm",)),
+            patch_point=lambda c: PatchPoint("post_feedforward_layernorm", diagonal=True)),
     "olmo2",
 )
 register_family(
     FamilySpec("granite", blocks="model.layers", final=("model.norm",), head="lm_head",
-               logit_divisor=lambda c: getattr(c, "logits_scaling", None), sublayers=_LLAMA_SUBLAYERS),
+               logit_divisor=lambda c: getattr(c, "logits_scaling", None), sublayers=_LLAMA_SUBLAYERS,
+               patch_point=lambda c: PatchPoint("mlp.down_proj", scale=lambda c: getattr(c, "residual_multiplier", 1.0))),
     "granite",
 )
 _GEMMA = FamilySpec(
@@ -125,6 +151,7 @@ _GEMMA = FamilySpec(
     head="lm_head",
     logit_softcap=lambda c: getattr(c, "final_logit_softcapping", None),
     sublayers=_LLAMA_SUBLAYERS,
+    patch_point=lambda c: _DOWN_PROJ,
 )
 register_family(_GEMMA, "gemma")
 # Gemma2/3 normalise each branch's output before the residual add (``post_attention_layernorm``
@@ -132,14 +159,17 @@ register_family(_GEMMA, "gemma")
 register_family(
     replace(_GEMMA, name="gemma2",
             sublayers=_llama_sublayers(attn_norms=("input_layernorm", "post_attention_layernorm"),
-                                       mlp_norms=("pre_feedforward_layernorm", "post_feedforward_layernorm"))),
+                                       mlp_norms=("pre_feedforward_layernorm", "post_feedforward_layernorm")),
+            patch_point=lambda c: PatchPoint("post_feedforward_layernorm", diagonal=True, norm_offset=1.0)),
     "gemma2",
     "gemma3_text",
 )
 register_family(
     FamilySpec("gpt2", blocks="transformer.h", final=("transformer.ln_f",), head="lm_head",
                sublayers={"attn": SubLayer(("attn",), ("attn.c_proj",), ("ln_1", "attn"), arity=2),
-                          "mlp": SubLayer(("mlp",), ("mlp.c_proj",), ("ln_2", "mlp"))}),
+                          "mlp": SubLayer(("mlp",), ("mlp.c_proj",), ("ln_2", "mlp"))},
+               patch_point=lambda c: PatchPoint("mlp.c_proj"),
+               embeddings=lambda m: ("transformer.wte", "transformer.wpe")),
     "gpt2",
 )
 # OPT's MLP is inline in the block (fc1 -> activation -> fc2), so both linears are silenced;
@@ -154,6 +184,11 @@ register_family(
                                     arity=2),
                    "mlp": SubLayer(("fc1", "fc2"), ("fc2",), ("final_layer_norm", "fc1", "fc2"))},
         empty_block_is_identity=lambda c: bool(getattr(c, "do_layer_norm_before", True)),
+        # post-norm OPT normalises the residual stream after the MLP's add: no weight takes the patch
+        patch_point=lambda c: PatchPoint("fc2") if getattr(c, "do_layer_norm_before", True) else None,
+        # with project_in the token embeddings reach the stream through it: it takes the fold instead
+        embeddings=lambda m: ("model.decoder.project_in" if m.model.decoder.project_in is not None
+                              else "model.decoder.embed_tokens", "model.decoder.embed_positions"),
     ),
     "opt",
 )
@@ -163,7 +198,8 @@ register_family(
     FamilySpec("gpt_neox", blocks="gpt_neox.layers", final=("gpt_neox.final_layer_norm",), head="lm_head",
                sublayers={"attn": SubLayer(("attention",), ("attention.dense",), ("input_layernorm", "attention"),
                                            arity=2),
-                          "mlp": SubLayer(("mlp",), ("mlp.dense_4h_to_h",), ("post_attention_layernorm", "mlp"))}),
+                          "mlp": SubLayer(("mlp",), ("mlp.dense_4h_to_h",), ("post_attention_layernorm", "mlp"))},
+               patch_point=lambda c: PatchPoint("mlp.dense_4h_to_h"), embeddings=lambda m: ("gpt_neox.embed_in",)),
     "gpt_neox",
 )
 
