@@ -204,3 +204,26 @@ def test_without_brute_force_the_rank_matrix_holds_the_finals_and_random_masks(l
         assert g.reference_run is not None and len(g.reference_run.trace) == 10
         runs_best = min(float(to_minimize(r.value, g.experiment.direction)) for r in g.experiment.runs)
         assert float(to_minimize(g.experiment.reference.value, g.experiment.direction)) <= runs_best
+
+
+def test_study_with_accuracy_end_to_end_states_chance_and_dense(lm, text_file, tmp_path):
+    """``--objectives ppl,acc``: acc is searched like any objective (brute force included), and
+    every acc figure of the report carries the dense value, the chance level and an interval;
+    a random tiny model answers at chance, so its acc is flagged "no signal"."""
+    import json
+
+    from conftest import make_questions
+
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text("\n".join(json.dumps({"question": q.context, "choices": q.choices, "gold": q.gold})
+                            for q in make_questions(40, seed=3)))
+    res = dpopt.study(lm, "ppl,acc", algos="random,genetic", remove=2, budget=6, seeds=2, report=tmp_path / "s",
+                      storage=f"sqlite:///{tmp_path}/s.db", data=str(text_file), tasks=str(mc), progress=False,
+                      tokens=64, seq_len=32, questions=16, n_boot=50)
+    acc = res.grids["acc"]
+    assert acc.experiment.direction == "maximize" and acc.experiment.reference.exact
+    assert len(res.rank_matrix.masks) == math.comb(lm.n_blocks, 2)  # every mask, scored under both objectives
+    md = (tmp_path / "s" / "report.md").read_text()
+    assert "chance" in md and "no signal" in md
+    held = res.heldout["dense (no removal)"]["acc"]
+    assert held.low <= held.value <= held.high and 0.25 <= held.chance <= 0.5  # 2 to 4 choices a question
