@@ -15,26 +15,22 @@ backend and embedded in the HTML as base64 PNG: the page opens with no other fil
 """
 from __future__ import annotations
 
-import base64
 import csv
-import html
-import math
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from ..errors import UserError
-from .stats import (  # noqa: F401  (re-exported: the integrator imports the input model from here)
-    Evaluation, Experiment, RankMatrix, Reference, Run, Score, anytime_curve, as_score, best_reference,
-    best_so_far, ecdf, headline, indistinguishable, jaccard_matrix, objective_vs_searcher,
-    rank_correlations, removal_frequency, summary_table,
-)
-from .agreement import study_finding
+from .stats import (Experiment, RankMatrix, Reference, best_reference, best_so_far, jaccard_matrix, removal_frequency,
+                    summary_table)
+from .agreement import rank_correlations, study_finding
+from .document import Doc, _cell, _fmt, _slug, plot_matrix, to_html, to_markdown
+from .report_progress import benchmark_section
+from .study_sections import agreement_section, study_overlap_section
 from .describe import about_rows, redact_text
 from .intervals import heldout_section  # noqa: F401  (the held-out table is drawn there, beside its intervals)
 from .pairwise import ALPHA, min_p_value, pairwise_tests, win_matrix
@@ -45,147 +41,10 @@ Heldout = Mapping[str, Mapping[str, object]]
 
 
 # --- blocks ------------------------------------------------------------------------------------
-@dataclass
-class Figure:
-    name: str  # file stem: NAME.png and NAME.svg
-    caption: str
-    png: bytes = b""
-
-
-@dataclass
-class Doc:
-    title: str
-    blocks: list = field(default_factory=list)  # ("h", level, text) | ("p", text) | ("table", head, rows) | Figure
-
-    def h(self, text: str, level: int = 2) -> None:
-        self.blocks.append(("h", level, text))
-
-    def p(self, text: str) -> None:
-        self.blocks.append(("p", text))
-
-    def table(self, head: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-        self.blocks.append(("table", list(head), [[_cell(c) for c in r] for r in rows]))
-
-
-def _cell(v) -> str:
-    if isinstance(v, float):
-        return "–" if not math.isfinite(v) else f"{v:.4g}"
-    return str(v)
-
-
-def _fmt(v: float, digits: int = 4) -> str:
-    return "–" if v is None or not math.isfinite(v) else f"{v:.{digits}g}"
-
-
-def to_markdown(doc: Doc) -> str:
-    out = [f"# {doc.title}", ""]
-    for b in doc.blocks:
-        if isinstance(b, Figure):
-            out += [f"![{b.caption}]({b.name}.png)", "", f"*{b.caption}* ([svg]({b.name}.svg))", ""]
-        elif b[0] == "h":
-            out += ["#" * b[1] + " " + b[2], ""]
-        elif b[0] == "p":
-            out += [b[1], ""]
-        else:
-            _, head, rows = b
-            esc = lambda s: s.replace("|", "\\|")  # noqa: E731
-            out.append("| " + " | ".join(map(esc, head)) + " |")
-            out.append("|" + "---|" * len(head))
-            out += ["| " + " | ".join(map(esc, r)) + " |" for r in rows]
-            out.append("")
-    return "\n".join(out)
-
-
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}figure{margin:1em 0}
-img{max-width:100%;border:1px solid #eee}figcaption{font-size:13px;color:#555}.failed{color:#b00}"""
-
-
-def to_html(doc: Doc) -> str:
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(doc.title)}</title>"
-           f"<style>{_CSS}</style></head><body><h1>{html.escape(doc.title)}</h1>"]
-    for b in doc.blocks:
-        if isinstance(b, Figure):
-            data = base64.b64encode(b.png).decode("ascii")
-            out.append(f"<figure><img alt='{html.escape(b.caption)}' src='data:image/png;base64,{data}'>"
-                       f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
-        elif b[0] == "h":
-            out.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
-        elif b[0] == "p":
-            out.append(f"<p>{html.escape(b[1])}</p>")
-        else:
-            _, head, rows = b
-            out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
-            for r in rows:
-                cls = " class='failed'" if any("FAILED" in c for c in r) else ""
-                out.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
-            out.append("</table>")
-    out.append("</body></html>")
-    return "\n".join(out)
-
-
-# --- plots ---------------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, report_dir: Path, name: str, caption: str, doc: Doc) -> None:
-    import io
-
-    plt = _plt()
-    fig.tight_layout()
-    fig.savefig(report_dir / f"{name}.svg")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    png = buf.getvalue()
-    (report_dir / f"{name}.png").write_bytes(png)
-    doc.blocks.append(Figure(name, caption, png))
-
-
-def _colors(n: int):
-    cmap = _plt().get_cmap("tab10" if n <= 10 else "tab20")
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
-def plot_matrix(mat: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, report_dir: Path,
-                name: str, doc: Doc, annotate: bool = True, vmin: float = 0.0, vmax: float = 1.0,
-                caption: str | None = None, xlabel: str = "", ylabel: str = "", cbar_label: str = "") -> None:
-    plt = _plt()
-    if mat.shape[0] == mat.shape[1] and list(rows) == list(cols):  # drop searchers with no successful run
-        keep = [i for i in range(len(rows)) if np.isfinite(np.delete(mat[i], i)).any() or np.isfinite(mat[i, i])]
-        mat, rows, cols = mat[np.ix_(keep, keep)], [rows[i] for i in keep], [cols[i] for i in keep]
-    long = max((len(str(c)) for c in cols), default=0) > 4
-    fig, ax = plt.subplots(figsize=(max(4.0, (0.6 if long else 0.35) * len(cols) + 3.0),
-                                    max(2.5, 0.4 * len(rows) + (2.5 if long else 1.5))))
-    im = ax.imshow(np.ma.masked_invalid(mat), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
-    ax.set_xticks(range(len(cols)), [str(c) for c in cols], rotation=90 if long or len(cols) > 8 else 0,
-                  fontsize=8)
-    ax.set_yticks(range(len(rows)), list(rows), fontsize=8)
-    if annotate and mat.size <= 150:
-        for (i, j), v in np.ndenumerate(mat):
-            if np.isfinite(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
-    fig.colorbar(im, ax=ax, label=cbar_label or None)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    _save(fig, report_dir, name, caption or title, doc)
-
-
-# --- sections --------------------------------------------------------------------------------------
 def compare_sections(exp: Experiment, report_dir: Path, doc: Doc, prefix: str = "", level: int = 2) -> dict:
     """Everything about one objective's grid; returns the numbers for the caller (and tests)."""
     ref = best_reference(exp)
     numbers: dict = {"reference": ref, "rows": final_values_section(exp, ref, doc, level)}
-    from .report_progress import benchmark_section  # it draws with this module's _save: imported when used
-
     numbers.update(benchmark_section(exp, ref, report_dir, doc, prefix, level))
     numbers.update(pairwise_section(exp, report_dir, doc, prefix, level))
     numbers.update(blocks_section(exp, report_dir, doc, prefix, level))
@@ -350,8 +209,6 @@ def build_study_report(experiments: Mapping[str, Experiment], report_dir: str | 
     when the runs did not converge (None: not known). ``about``: the report's settings
     (:func:`dpopt.experiments.describe.describe`), shown first.
     """
-    from .study_sections import agreement_section, study_overlap_section
-
     path = prepare_dir(report_dir, overwrite)
     doc = Doc(title or "dpopt study: " + ", ".join(experiments))
     _about(about, doc)
@@ -372,10 +229,6 @@ def build_study_report(experiments: Mapping[str, Experiment], report_dir: str | 
         numbers["heldout"] = heldout_section(heldout, doc)
     numbers["files"] = write_report(path, doc, list(experiments.values()))
     return numbers
-
-
-def _slug(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
 
 
 def screenshot(html_file: str | os.PathLike, png_file: str | os.PathLike, width: int = 1200,

@@ -17,7 +17,7 @@ from .benchmarking import (
     DEFAULT_TARGETS, ECDF_TARGETS, GAP_FLOOR, MIN_RUNS_FOR_BANDS, budget_grid, evaluations_used, fidelities_differ,
     fixed_target_table, gap_curve, relative_gap, runtime_ecdf, target_label,
 )
-from .report import Doc, _colors, _fmt, _plt, _save
+from .document import Doc, _colors, _fmt, _plt, _save
 from .stats import Experiment, Reference
 
 

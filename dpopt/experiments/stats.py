@@ -302,18 +302,6 @@ class RankMatrix:
     masks: list[tuple[int, ...]] = field(default_factory=list)
 
 
-# the study's statistics live in .agreement; these names stay importable from here
-_MOVED = ("Correlation", "Overlap", "headline", "objective_vs_searcher", "rank_correlations")
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        from . import agreement
-
-        return getattr(agreement, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # --- held-out ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Score:

@@ -12,7 +12,7 @@ from typing import Mapping
 import numpy as np
 
 from .agreement import MIN_MASKS, MIN_RUNS, PairAgreement, StudyFinding, agreements, objective_vs_searcher
-from .report import Doc, _fmt, _plt, _save, _slug, plot_matrix
+from .document import Doc, _fmt, _plt, _save, _slug, plot_matrix
 from .stats import Experiment, RankMatrix
 
 
