@@ -241,15 +241,34 @@ def _set_reference(grid: Grid, ref: tuple[Run, int, float] | None, brute: bool, 
         grid.reference_note = "best known, not proven: the best mask any compared run found"
 
 
+def recorded_values(grid: Grid, evaluator) -> dict[tuple[int, ...], float]:
+    """Raw values of every valid mask the grid's runs (and its reference run) scored at full
+    fidelity, read from their studies' traces: a resumed grid answers from the record, so its
+    evaluator's memo holds only what this process computed."""
+    full = evaluator.full_fidelity
+    runs = list(grid.experiment.runs) + ([grid.reference_run] if grid.reference_run is not None else [])
+    out: dict[tuple[int, ...], float] = {}
+    for run in runs:
+        for e in run.trace:
+            if e.valid and e.units >= full and math.isfinite(e.value):
+                out[tuple(e.removed)] = e.value
+    return out
+
+
 def rank_matrix(evaluators: Mapping[str, object], grids: Mapping[str, Grid], constraint: Constraint,
                 n_random: int = 20, seed: int = 0) -> RankMatrix:
-    """Masks scored under every objective: every mask each evaluator already holds at full
-    fidelity under all of them (every valid mask where brute force ran), then every final mask
-    and ``n_random`` random valid ones, scored where missing."""
+    """Masks scored under every objective: every mask each grid recorded at full fidelity under
+    all of them (every valid mask where brute force ran), then every final mask and
+    ``n_random`` random valid ones, scored where missing."""
     names = list(evaluators)
-    held = [set(evaluators[n].scored_masks()) for n in names]
-    masks = [m for m in evaluators[names[0]].scored_masks() if all(m in h for h in held[1:])]
-    masks = [m for m in masks if constraint.is_valid(m)]
+    known = {n: recorded_values(grids[n], evaluators[n]) for n in names}
+    for n in names:  # and what this process scored without a trace (none, unless a caller scored more)
+        ev = evaluators[n]
+        for m in ev.scored_masks():
+            if constraint.is_valid(m) and m.removed() not in known[n]:
+                known[n][m.removed()] = float(ev.raw(m))
+    common = [r for r in known[names[0]] if all(r in known[n] for n in names[1:])]
+    masks = [LayerMask.from_removed(constraint.n_units, r) for r in common]
     for g in grids.values():
         masks.extend(g.masks.values())
     masks = list(dict.fromkeys(masks))
@@ -266,7 +285,11 @@ def rank_matrix(evaluators: Mapping[str, object], grids: Mapping[str, Grid], con
     values = np.full((len(masks), len(names)), np.nan)
     for j, name in enumerate(names):
         ev = evaluators[name]
-        fit = ev.evaluate(masks)
-        values[:, j] = from_minimize(fit, ev.direction)
-        values[~np.isfinite(fit), j] = np.nan
+        todo = [m for m in masks if m.removed() not in known[name]]
+        fit = dict(zip(todo, ev.evaluate(todo))) if todo else {}
+        for i, m in enumerate(masks):
+            if m.removed() in known[name]:
+                values[i, j] = known[name][m.removed()]
+            elif np.isfinite(fit[m]):
+                values[i, j] = float(from_minimize(fit[m], ev.direction))
     return RankMatrix(names, [evaluators[n].direction for n in names], values, [tuple(m.removed()) for m in masks])
