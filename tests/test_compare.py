@@ -227,3 +227,17 @@ def test_study_with_accuracy_end_to_end_states_chance_and_dense(lm, text_file, t
     assert "chance" in md and "no signal" in md
     held = res.heldout["dense (no removal)"]["acc"]
     assert held.low <= held.value <= held.high and 0.25 <= held.chance <= 0.5  # 2 to 4 choices a question
+
+
+def test_a_resumed_study_still_correlates_every_recorded_mask(lm, text_file, tmp_path):
+    """The rerun answers every mask from the record, so nothing is in its evaluators' memo;
+    the rank matrix must still hold the whole brute-forced space, with the recorded values."""
+    kw = dict(algos="random", remove=2, budget=4, seeds=1, report=None, storage=f"sqlite:///{tmp_path}/s.db",
+              data=str(text_file), random_masks=0, progress=False, tokens=64, seq_len=32, heldout=["ppl"])
+    first = dpopt.study(lm, "ppl,kl", **kw)
+    again = dpopt.study(lm, "ppl,kl", **kw)
+    assert all(g.masks_computed == 0 and g.reference_cost == 0 for g in again.grids.values())  # all replayed
+    assert len(again.rank_matrix.masks) == math.comb(lm.n_blocks, 2)
+    row = {m: i for i, m in enumerate(first.rank_matrix.masks)}
+    for i, m in enumerate(again.rank_matrix.masks):
+        np.testing.assert_allclose(again.rank_matrix.values[i], first.rank_matrix.values[row[m]], rtol=1e-6)
