@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .stats import MIN_RUNS_FOR_BANDS, Experiment, Reference, Run, _quiet_nan, _step_at, best_so_far, signed
+from .stats import MIN_RUNS_FOR_BANDS, Experiment, Reference, Run, best_so_far, median_band, signed
 
 __all__ = [
     "DEFAULT_TARGETS", "ECDF_TARGETS", "EXACT_TOL", "GAP_FLOOR", "MIN_RUNS_FOR_BANDS", "ERT", "GapCurve",
@@ -195,17 +195,7 @@ def gap_curve(runs: Sequence[Run], ref: Reference, direction: str, axis: str = "
         else:
             raise ValueError(f"axis must be evaluations or units, got {axis!r}")
         per_run.append((xs, gap_trace(r, ref, direction)))
-    if not per_run:
-        empty = np.zeros(0)
-        return GapCurve(empty, empty, empty, empty, 0)
-    grid = np.unique(np.concatenate([xs for xs, _ in per_run]))
-    mat = np.vstack([_step_at(xs, ys, grid) for xs, ys in per_run])
-    enough = np.isfinite(mat).sum(axis=0) >= MIN_RUNS_FOR_BANDS
-    with np.errstate(all="ignore"), _quiet_nan():
-        med = np.nanmedian(mat, axis=0)
-        low = np.where(enough, np.nanpercentile(mat, 25, axis=0), np.nan)
-        high = np.where(enough, np.nanpercentile(mat, 75, axis=0), np.nan)
-    return GapCurve(grid, med, low, high, len(runs))
+    return GapCurve(*median_band(per_run), len(runs) if per_run else 0)
 
 
 def fidelities_differ(exp: Experiment) -> bool:

@@ -160,17 +160,22 @@ def anytime_curve(runs: Sequence[Run], direction: str, axis: str = "evaluations"
         else:
             raise ValueError(f"axis must be evaluations or units, got {axis!r}")
         per_run.append((xs, ys))
+    return Curve(*median_band(per_run), len(runs))
+
+
+def median_band(per_run: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
+    """Step curves ``(xs, ys)`` of several runs on their common grid: (grid, median, 25th,
+    75th percentile), the quartiles NaN wherever fewer than ``MIN_RUNS_FOR_BANDS`` runs have a value."""
     grid = np.unique(np.concatenate([xs for xs, _ in per_run])) if per_run else np.zeros(0)
-    if not per_run or not len(grid):
-        empty = np.zeros(0)
-        return Curve(empty, empty, empty, empty, len(runs))
+    if not len(grid):
+        return grid, grid, grid, grid
     mat = np.vstack([_step_at(xs, ys, grid) for xs, ys in per_run])
     enough = np.isfinite(mat).sum(axis=0) >= MIN_RUNS_FOR_BANDS
     with np.errstate(all="ignore"), _quiet_nan():
         med = np.nanmedian(mat, axis=0)
         low = np.where(enough, np.nanpercentile(mat, 25, axis=0), np.nan)
         high = np.where(enough, np.nanpercentile(mat, 75, axis=0), np.nan)
-    return Curve(grid, med, low, high, len(runs))
+    return grid, med, low, high
 
 
 @contextlib.contextmanager
