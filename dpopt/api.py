@@ -370,11 +370,12 @@ def evaluate_mask(lm: LoadedModel, remove: str | Sequence[int] | None, objective
 
 
 # --- what the other commands call: the CLI imports nothing but this module ----------------------
-from .experiments.compare import compare, parse_names  # noqa: E402,F401
+from .experiments.compare import check_repair, compare, parse_names  # noqa: E402,F401
 from .objectives import validate_objective_spec  # noqa: E402,F401
 from .experiments.compare import study as run_study  # noqa: E402,F401  (`study` names a search's study)
 from .record.worker import run_worker, stop_on_sigterm  # noqa: E402,F401
 from .heal import HealPlan, heal, describe as describe_heal  # noqa: E402,F401
+from .experiments.rerank import RepairPlan, rerank  # noqa: E402,F401
 
 
 def removal_from_result(path: str, point: int | None) -> str:

@@ -57,7 +57,19 @@ def _grid_kwargs(a) -> dict:
                 evaluator_options=dict(prefix_sharing=not a.no_prefix_sharing, cache_mb=a.cache_mb,
                                        memory_mb=a.memory_mb, patch=a.patch, patch_tokens=a.patch_tokens),
                 heldout_options=dict(tokens=a.heldout_tokens, questions=a.heldout_questions),
-                **_objective_options(a))
+                repair=_repair_plan(a), **_objective_options(a))
+
+
+def _repair_plan(a):
+    """``--repair KIND`` as a plan (None without it); the options that only mean something with it are refused alone."""
+    from ..api import RepairPlan
+
+    if a.repair is None:
+        for flag, value, default in (("--repair-top", a.repair_top, 5), ("--repair-tokens", a.repair_tokens, 16384)):
+            if value != default:
+                raise UserError(f"{flag} needs --repair patch|heal")
+        return None
+    return RepairPlan(a.repair, top=a.repair_top, tokens=a.repair_tokens, patch_tokens=a.patch_tokens).validate()
 
 
 def _check_grid(a) -> None:
@@ -69,6 +81,7 @@ def _check_grid(a) -> None:
     for flag, value in (("--heldout-tokens", a.heldout_tokens), ("--heldout-questions", a.heldout_questions)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
+    _repair_plan(a)
 
 
 def cmd_compare(a) -> int:
@@ -76,6 +89,7 @@ def cmd_compare(a) -> int:
 
     _check_grid(a)  # every mistake before the model loads
     heldout = api.parse_names(a.heldout, "--heldout") if a.heldout.strip() else []
+    api.check_repair(_repair_plan(a), heldout or [a.objective])
     problem = _problem(a, a.objective, split="calib", shared=[a.objective, *heldout])
     for spec in heldout:
         _problem(a, spec, split="eval", shared=[a.objective, *heldout])
@@ -91,6 +105,8 @@ def cmd_compare(a) -> int:
               f"({'exact optimum, brute force' if ref.exact else 'best known, not proven'})")
     for row in res.report.get("rows", []):
         print(f"  {row.algo:<14} median {row.median:.6g}  best {row.best:.6g}  ok {row.n_ok}/{row.n_ok + row.n_failed}")
+    if res.repair is not None:
+        print("\n".join(res.repair.lines()))
     print(f"report: {os.path.join(a.report, 'index.html')} (and report.md); studies in {res.storage}")
     return 0
 
@@ -105,6 +121,7 @@ def cmd_study(a) -> int:
     if a.random_masks < 0:
         raise UserError(f"--random-masks must be >= 0, got {a.random_masks}")
     held = api.parse_names(a.heldout, "--heldout") if a.heldout else []
+    api.check_repair(_repair_plan(a), held or objectives)
     problem = [_problem(a, spec, split="calib", shared=objectives + held) for spec in objectives][0]
     for spec in held:
         _problem(a, spec, split="eval", shared=objectives + held)
@@ -113,6 +130,8 @@ def cmd_study(a) -> int:
     print(res.report.get("headline", ""))
     for c in res.report.get("correlations", []):
         print(f"  {c.a} vs {c.b}: Spearman {c.spearman:.3f}, Kendall {c.kendall:.3f} over {c.n} masks")
+    if res.repair is not None:
+        print("\n".join(res.repair.lines()))
     print(f"report: {os.path.join(a.report, 'index.html')} (and report.md); studies in {res.storage}")
     return 0
 

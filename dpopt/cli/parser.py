@@ -227,6 +227,12 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
                    help="tokens per held-out ppl/kl score (default: --tokens); more narrows the intervals")
     p.add_argument("--heldout-questions", type=int, default=None,
                    help="questions per held-out acc score (default: --questions)")
+    p.add_argument("--repair", default=None, metavar="patch|heal",
+                   help="repair each objective's best masks (linear patch, or healing by distillation) and re-rank "
+                        "them on the held-out split: do the best masks stay best?")
+    p.add_argument("--repair-top", type=int, default=5, help="with --repair: distinct masks per objective (default 5)")
+    p.add_argument("--repair-tokens", type=int, default=16384,
+                   help="with --repair heal: calibration tokens each mask is distilled on (default 16384)")
     p.add_argument("--no-progress", action="store_true")
     _data_args(p)
 

@@ -51,6 +51,31 @@ def best_mask_per_algo(grid: Grid) -> dict[str, LayerMask]:
     return {a: m for a, (_, m) in out.items()}
 
 
+def check_repair(repair, heldout: Sequence[str]) -> list[str]:
+    """The held-out metrics ``--repair`` re-ranks on (checked before any model loads)."""
+    if repair is None:
+        return []
+    from ..heal.heldout import HELDOUT
+
+    repair.validate()
+    names = [n for n in heldout if n in HELDOUT]
+    if not names:
+        raise UserError(f"--repair re-ranks on held-out {', '.join(HELDOUT.names())}: add one of them to --heldout")
+    return names
+
+
+def _rerank(lm, grids: Mapping[str, Grid], evaluators: Mapping[str, object], repair, held: Sequence[str], data,
+            tasks, data_seed: int, opts: Mapping, progress: bool):
+    """Each grid's best masks repaired and re-scored on held-out data (None without ``repair``)."""
+    if repair is None:
+        return None
+    from .rerank import grid_candidates, rerank
+
+    return rerank(lm, grid_candidates(grids, evaluators, repair.top), repair, held, data, tasks, data_seed,
+                  tokens=opts.get("tokens"), seq_len=opts.get("seq_len"), questions=opts.get("questions"),
+                  topk=opts.get("topk"), progress=progress)
+
+
 # --- results ------------------------------------------------------------------------------------
 @dataclass
 class CompareResult:
@@ -58,6 +83,7 @@ class CompareResult:
     heldout: dict[str, dict[str, Score]]
     report: dict  # the numbers build_compare_report computed, with its files
     storage: str
+    repair: object = None  # a RerankResult where --repair ran
 
     @property
     def experiment(self) -> Experiment:
@@ -72,6 +98,7 @@ class StudyResult:
     report: dict
     storage: str
     cost: dict[str, object] = field(default_factory=dict)
+    repair: object = None  # a RerankResult where --repair ran
 
 
 # --- the two API entry points -----------------------------------------------------------------------
@@ -86,7 +113,7 @@ def compare(lm, objective: str = "ppl", algos: str | Sequence[str] = "greedy,ran
             protect: str | Sequence[int] | None = None, brute_force: bool | None = None,
             reference_budget: int = REFERENCE_BUDGET, seconds: float | None = None,
             algo_options: Mapping[str, dict] | None = None, overwrite: bool = False, progress: bool = True,
-            evaluator_options: dict | None = None, heldout_options: dict | None = None,
+            evaluator_options: dict | None = None, heldout_options: dict | None = None, repair=None,
             **objective_options) -> CompareResult:
     """Run ``algos`` x ``seeds`` on one objective through one shared evaluator; write the report.
 
@@ -95,6 +122,8 @@ def compare(lm, objective: str = "ppl", algos: str | Sequence[str] = "greedy,ran
     objective options; ``brute_force``: None = enumerate the space when it fits in
     ``reference_budget`` (else one long reference run of that many evaluations), True =
     enumerate it whatever its size, False = the compared runs' best is the reference.
+    ``repair``: a :class:`.rerank.RepairPlan`: the grid's best masks are then repaired and
+    re-ranked on the held-out split (:func:`.rerank.rerank`), the report's last section.
     """
     from ..data import DEFAULT_DATA_SEED
     from ..record.storage import DEFAULT_STORAGE
@@ -104,6 +133,7 @@ def compare(lm, objective: str = "ppl", algos: str | Sequence[str] = "greedy,ran
     held = parse_names(heldout, "--heldout") if heldout else []
     storage = storage or DEFAULT_STORAGE
     check_grid(algos, seeds, budget, report, overwrite, storage, reference_budget)
+    repair_on = check_repair(repair, held or [objective])
     data_seed = DEFAULT_DATA_SEED if data_seed is None else data_seed
     opts = _objective_options(objective_options)
     ev_opts = dict(evaluator_options or {})
@@ -116,6 +146,8 @@ def compare(lm, objective: str = "ppl", algos: str | Sequence[str] = "greedy,ran
                     extra=dict(model=lm.source), reference_budget=reference_budget)
     scores = _heldout(lm, heldout_cells({ev.objective.name: grid}, suffix=False), held, data, tasks, data_seed,
                       ev_opts, {**opts, **_objective_options(heldout_options or {})})
+    reranked = _rerank(lm, {ev.objective.name: grid}, {ev.objective.name: ev}, repair, repair_on, data, tasks,
+                       data_seed, {**opts, **_objective_options(heldout_options or {})}, progress)
     cost = grid.cost()
     cost["storage"] = storage
     cost["studies"] = study_name(prefix, ev, "<algo>", f"k{constraint.k}", "<S>")
@@ -132,8 +164,8 @@ def compare(lm, objective: str = "ppl", algos: str | Sequence[str] = "greedy,ran
                          extra=_heldout_extra(heldout_options) | {"reference": grid.reference_note})
         # the folder was checked before the grid (an existing non-empty one refused unless --overwrite)
         numbers = build_compare_report(grid.experiment, report, heldout=scores or None, grid_cost=cost,
-                                       overwrite=True, about=about)
-    return CompareResult(grid, scores, numbers, storage)
+                                       overwrite=True, about=about, repair=reranked)
+    return CompareResult(grid, scores, numbers, storage, reranked)
 
 
 def heldout_cells(grids: Mapping[str, Grid], suffix: bool = True) -> dict[str, LayerMask]:
@@ -170,11 +202,12 @@ def study(lm, objectives: str | Sequence[str] = ("ppl", "kl"), algos: str | Sequ
           brute_force: bool | None = None, reference_budget: int = REFERENCE_BUDGET, seconds: float | None = None,
           algo_options: Mapping[str, dict] | None = None, overwrite: bool = False, progress: bool = True,
           evaluator_options: dict | None = None, n_boot: int = 1000, heldout: str | Sequence[str] | None = None,
-          heldout_options: dict | None = None, **objective_options) -> StudyResult:
+          heldout_options: dict | None = None, repair=None, **objective_options) -> StudyResult:
     """Does the objective matter more than the searcher? The compare grid per objective, then
     rank correlations over every mask scored under all objectives, and every best mask (and
     each objective's reference mask) on the held-out split of each of ``heldout`` (default:
-    the objectives), scored with ``heldout_options`` over the search's objective options."""
+    the objectives), scored with ``heldout_options`` over the search's objective options;
+    ``repair``: re-rank each objective's best masks after repair (see :func:`compare`)."""
     from ..data import DEFAULT_DATA_SEED
     from ..record.storage import DEFAULT_STORAGE
 
@@ -188,6 +221,7 @@ def study(lm, objectives: str | Sequence[str] = ("ppl", "kl"), algos: str | Sequ
     check_grid(algos, seeds, budget, report, overwrite, storage, reference_budget)
     if random_masks < 0:
         raise UserError(f"--random-masks must be >= 0, got {random_masks}")
+    repair_on = check_repair(repair, held)
     data_seed = DEFAULT_DATA_SEED if data_seed is None else data_seed
     opts = _objective_options(objective_options)
     ev_opts = dict(evaluator_options or {})
@@ -214,6 +248,8 @@ def study(lm, objectives: str | Sequence[str] = ("ppl", "kl"), algos: str | Sequ
                                       f"masks, and up to {random_masks} random ones")
     scores = _heldout(lm, heldout_cells(grids), held, data, tasks, data_seed, ev_opts,
                       {**opts, **_objective_options(heldout_options or {})})
+    reranked = _rerank(lm, grids, evaluators, repair, repair_on, data, tasks, data_seed,
+                       {**opts, **_objective_options(heldout_options or {})}, progress)
     if scores:
         cost["note"] = SE_NOTE
     cost["storage"] = storage
@@ -230,5 +266,6 @@ def study(lm, objectives: str | Sequence[str] = ("ppl", "kl"), algos: str | Sequ
                          extra=_heldout_extra(heldout_options) | {f"{n}: reference": g.reference_note
                                                                   for n, g in grids.items()})
         numbers = build_study_report(exps, report, rank_matrix=rank, heldout=scores or None, grid_cost=cost,
-                                     overwrite=True, n_boot=n_boot, ert_budget=suggested_budget(exps), about=about)
-    return StudyResult(grids, rank, scores, numbers, storage, cost)
+                                     overwrite=True, n_boot=n_boot, ert_budget=suggested_budget(exps), about=about,
+                                     repair=reranked)
+    return StudyResult(grids, rank, scores, numbers, storage, cost, reranked)

@@ -173,16 +173,25 @@ def _about(about: Mapping[str, object] | None, doc: Doc) -> None:
         doc.table(["setting", "value"], about_rows(about))
 
 
+def _repair(repair, path: Path, doc: Doc, numbers: dict) -> None:
+    if repair is not None:
+        from .report_repair import repair_section
+
+        numbers["repair"] = repair_section(repair, path, doc)
+
+
 # --- the two entry points ------------------------------------------------------------------------------
 def build_compare_report(exp: Experiment, report_dir: str | os.PathLike, heldout: Heldout | None = None,
                          grid_cost: Mapping[str, object] | None = None, title: str | None = None,
-                         overwrite: bool = False, about: Mapping[str, object] | None = None) -> dict:
+                         overwrite: bool = False, about: Mapping[str, object] | None = None,
+                         repair=None) -> dict:
     """Write the compare report for one objective; returns the computed numbers and the file paths.
 
     ``grid_cost``: e.g. ``{"evaluations counted": 2500, "distinct masks scored": 1700}``
     (the shared memo makes the second smaller). ``heldout``: {searcher: {objective: value or
     (value, standard error)}} for each searcher's best mask. ``about``: the report's settings
-    (:func:`dpopt.experiments.describe.describe`), shown first.
+    (:func:`dpopt.experiments.describe.describe`), shown first. ``repair``: a
+    :class:`.rerank.RerankResult`, drawn last.
     """
     path = prepare_dir(report_dir, overwrite)
     doc = Doc(title or f"dpopt compare: {exp.objective}")
@@ -191,6 +200,7 @@ def build_compare_report(exp: Experiment, report_dir: str | os.PathLike, heldout
     numbers = compare_sections(exp, path, doc)
     if heldout:
         numbers["heldout"] = heldout_section(heldout, doc)
+    _repair(repair, path, doc, numbers)
     numbers["files"] = write_report(path, doc, [exp])
     return numbers
 
@@ -199,7 +209,7 @@ def build_study_report(experiments: Mapping[str, Experiment], report_dir: str | 
                        rank_matrix: RankMatrix | None = None, heldout: Heldout | None = None,
                        grid_cost: Mapping[str, object] | None = None, title: str | None = None,
                        overwrite: bool = False, n_boot: int = 1000, ert_budget: int | None = None,
-                       about: Mapping[str, object] | None = None) -> dict:
+                       about: Mapping[str, object] | None = None, repair=None) -> dict:
     """Write the study report: do searchers agree under one objective, do objectives agree?
 
     ``experiments``: {objective name: its compare grid}. ``rank_matrix``: masks scored under
@@ -207,7 +217,8 @@ def build_study_report(experiments: Mapping[str, Experiment], report_dir: str | 
     brute force ran). ``heldout``: {searcher or "searcher @ objective": {objective: value or
     (value, se)}}. ``ert_budget``: the per-run budget the ERT suggests, named by the headline
     when the runs did not converge (None: not known). ``about``: the report's settings
-    (:func:`dpopt.experiments.describe.describe`), shown first.
+    (:func:`dpopt.experiments.describe.describe`), shown first. ``repair``: a
+    :class:`.rerank.RerankResult`, drawn last.
     """
     path = prepare_dir(report_dir, overwrite)
     doc = Doc(title or "dpopt study: " + ", ".join(experiments))
@@ -227,6 +238,7 @@ def build_study_report(experiments: Mapping[str, Experiment], report_dir: str | 
         numbers["objectives"][name] = compare_sections(exp, path, doc, prefix=f"{_slug(name)}_", level=3)
     if heldout:
         numbers["heldout"] = heldout_section(heldout, doc)
+    _repair(repair, path, doc, numbers)
     numbers["files"] = write_report(path, doc, list(experiments.values()))
     return numbers
 

@@ -29,7 +29,7 @@ from .heldout import HELDOUT, HeldOut, Interval, parse_heldout
 from .loop import Loop, Stream
 from .parts import METHODS, make_method, parse_train
 
-__all__ = ["HealPlan", "HealResult", "heal", "HELDOUT", "METHODS"]
+__all__ = ["HealPlan", "HealResult", "heal", "distil", "HELDOUT", "METHODS"]
 
 
 @dataclass(frozen=True)
@@ -182,8 +182,7 @@ def heal(lm, removed: list[str], plan: HealPlan, progress: bool = True) -> HealR
     seqs = _calibration(lm, plan)
     heldout = HeldOut(lm, parse_heldout(plan.heldout), plan.data, plan.tasks, plan.data_seed, plan.eval_tokens,
                       plan.seq_len, plan.questions, plan.topk) if plan.heldout.strip() else None
-    with tempfile.TemporaryDirectory(prefix="dpopt-heal-") as tmp:  # the weights are read in full before it goes
-        student = _student(lm, removed, Path(tmp))
+    student = _student_of(lm, removed)
     res = HealResult(Path(plan.out), plan.steps, plan.steps * plan.batch_size * plan.seq_len, [], 0.0, 0.0, 0,
                      int(seqs.numel()), list(removed))
     before = None
@@ -198,6 +197,33 @@ def heal(lm, removed: list[str], plan: HealPlan, progress: bool = True) -> HealR
     _write(healed, lm.tokenizer, plan, res)
     shutil.rmtree(plan.state_dir, ignore_errors=True)
     return res
+
+
+def distil(lm, removed: list[str], plan: HealPlan, progress: bool = True):
+    """Train the pruned model as :func:`heal` does and return ``(healed LoadedModel, HealResult)``
+    without scoring or writing it: what re-ranking after repair runs for each candidate mask.
+    ``plan.out`` is not written; its state folder is used while training and removed after."""
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    from ..models.units import plan_units
+
+    part = parse_train(plan.train, len(list(plan_units(lm.masked, removed).kept())))
+    torch.manual_seed(plan.seed)
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    seqs = _calibration(lm, plan)
+    res = HealResult(Path(plan.out), plan.steps, plan.steps * plan.batch_size * plan.seq_len, [], 0.0, 0.0, 0,
+                     int(seqs.numel()), list(removed))
+    healed = _train(lm, _student_of(lm, removed), removed, part, seqs, plan, res, progress)
+    shutil.rmtree(plan.state_dir, ignore_errors=True)
+    return _as_loaded(lm, healed), res
+
+
+def _student_of(lm, removed: list[str]):
+    with tempfile.TemporaryDirectory(prefix="dpopt-heal-") as tmp:  # the weights are read in full before it goes
+        return _student(lm, removed, Path(tmp))
 
 
 def _as_loaded(lm, model):

@@ -44,12 +44,13 @@ class Metric:
     item: Callable[[np.ndarray], float]  # one item's statistic; the value is a function of their mean
     report: Callable[[float], float]  # mean of the items -> the reported value
     change: str  # "ratio" (after / before, on the reported scale) or "difference"
+    higher_is_better: bool = False
 
 
 HELDOUT: Registry[Metric] = Registry("--heldout metric")
 HELDOUT.register("ppl")(Metric(lambda p: p[0] / max(p[1], 1), math.exp, "ratio"))
 HELDOUT.register("kl")(Metric(lambda p: p[0] / max(p[1], 1), float, "difference"))
-HELDOUT.register("acc")(Metric(lambda p: p[0] / max(p[2], 1), float, "difference"))
+HELDOUT.register("acc")(Metric(lambda p: p[0] / max(p[2], 1), float, "difference", higher_is_better=True))
 
 
 def parse_heldout(spec: str) -> list[str]:
@@ -101,21 +102,31 @@ class HeldOut:
 
     def items(self, lm) -> dict[str, np.ndarray]:
         """Each metric's per-item statistics for the model ``lm`` (a LoadedModel), all its blocks kept."""
-        from ..evaluator import Evaluator
         from ..genome import LayerMask
 
-        out = {}
-        dense = LayerMask.dense(lm.n_blocks)
+        return self.items_for(lm, [LayerMask.dense(lm.n_blocks)], own_targets=False)[0]
+
+    def items_for(self, lm, masks: Sequence, patch=None, own_targets: bool = True) -> list[dict[str, np.ndarray]]:
+        """Per-item statistics of each of ``masks`` of ``lm``, scored in one call per metric (the
+        masks share their kept prefixes); ``patch``: a LinearPatcher, each removed span scored
+        with its map. ``own_targets``: ``lm`` is the model the objectives were prepared on, so
+        its dense scores are reused; otherwise (a healed model) they are recomputed."""
+        from ..evaluator import Evaluator
+
+        out: list[dict[str, np.ndarray]] = [{} for _ in masks]
         for name, obj in self.objectives.items():
-            saved, obj.dense_partials = obj.dense_partials, None  # those are the teacher's, not this model's
+            saved = obj.dense_partials
+            if not own_targets:
+                obj.dense_partials = None  # those are the teacher's, not this model's
             try:
-                ev = Evaluator(lm, obj)
-                ev.evaluate([dense])
+                ev = Evaluator(lm, obj, patch=patch)
+                ev.evaluate(list(dict.fromkeys(masks)))
             finally:
                 obj.dense_partials = saved
             metric = HELDOUT.get(name)
-            out[name] = np.array([metric.item(np.asarray(ev.partials[(dense.key(), b.index)], dtype=np.float64))
-                                  for b in obj.batches(None)])
+            for row, mask in zip(out, masks):
+                row[name] = np.array([metric.item(np.asarray(ev.partials[(mask.key(), b.index)], dtype=np.float64))
+                                      for b in obj.batches(None)])
         return out
 
     def summary(self, items: dict[str, np.ndarray]) -> dict[str, Interval]:
