@@ -15,7 +15,7 @@ def _picked(c) -> str:
 
 def repair_section(res: RerankResult, report_dir: Path, doc: Doc, level: int = 2) -> dict:
     labels = res.labels()
-    doc.h("After repair: are the best masks still the best?", level)
+    doc.h(f"After repair ({res.plan.kind}): are the best masks still the best?", level)
     doc.p(f"The {res.plan.top} best distinct masks of each objective (by the values the grid recorded on "
           f"calibration data) were repaired ({res.plan.describe()}) and scored on the held-out split, plain and "
           f"repaired, on the same items. Intervals are 95% over items (sequences or questions); a gain is paired "
@@ -37,9 +37,7 @@ def repair_section(res: RerankResult, report_dir: Path, doc: Doc, level: int = 2
         rows.append(row)
     doc.table(head, rows)
     for m in res.metrics:
-        c = m.correlation
-        doc.p(f"Held-out {m.name}: rank agreement before vs after repair over {c.n} masks: Spearman {c.spearman:.3f}, "
-              f"Kendall {c.kendall:.3f} (exact p = {c.kendall_p:.3g}); {m.verdict(labels)}.")
+        doc.p(f"Held-out {m.name}: {m.correlation.text()}; {m.verdict(labels)}.")
     if res.skipped:
         doc.p("Not re-scored (no per-item statistic to put an interval on): " + ", ".join(res.skipped) + ".")
     for m in res.metrics:

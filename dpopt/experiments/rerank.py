@@ -53,8 +53,9 @@ class RepairPlan:
         for flag, value in (("--repair-top", self.top), ("--repair-tokens", self.tokens)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UserError(f"{flag} must be an integer >= 1, got {value!r}")
-        if self.kind == "heal":
-            self.heal_plan("check").validate()
+        if self.kind == "heal":  # its options, checked where nothing is written
+            with tempfile.TemporaryDirectory(prefix="dpopt-check-") as tmp:
+                self.heal_plan(str(Path(tmp) / "out")).validate()
         return self
 
     def heal_plan(self, out: str, state: str | None = None, seq_len: int | None = None):
@@ -170,6 +171,13 @@ class Correlation:
     n: int
 
 
+    def text(self) -> str:
+        if not math.isfinite(self.kendall):
+            return f"too few masks (or all tied) to correlate ranks over {self.n}"
+        return (f"ranks before vs after repair over {self.n} masks: Spearman {self.spearman:.3f}, "
+                f"Kendall {self.kendall:.3f} (exact p = {self.kendall_p:.3g})")
+
+
 @dataclass
 class MetricRerank:
     """One held-out metric over the candidates, before and after repair."""
@@ -219,9 +227,7 @@ class RerankResult:
         """What a command prints."""
         out = [f"re-ranked {len(self.candidates)} masks after repair ({self.plan.describe()}) in {self.seconds:.0f} s"]
         for m in self.metrics:
-            c = m.correlation
-            out.append(f"  held-out {m.name}: ranks before vs after repair over {c.n} masks: Spearman {c.spearman:.3f}, "
-                       f"Kendall {c.kendall:.3f} (p = {c.kendall_p:.3g}); {m.verdict(self.labels())}")
+            out.append(f"  held-out {m.name}: {m.correlation.text()}; {m.verdict(self.labels())}")
         return out
 
     def to_dict(self) -> dict:
