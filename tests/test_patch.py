@@ -259,3 +259,30 @@ def test_search_scores_with_the_patch(tiny_ck, calib_file, tmp_path, capsys):
     rc, _, err = run_cli(args, capsys)
     plain = json.loads(out.read_text())
     assert rc == 0 and "patch" not in plain["settings"] and plain["fingerprint"] != patched["fingerprint"]
+
+
+def test_fits_read_other_calibration_tokens_than_the_objective(tmp_path, monkeypatch):
+    """A mask scored with its patch inside a search must be scored on tokens its maps were not
+    fitted to; else more spans (more free parameters) look better the more they overfit."""
+    import dpopt.models.patch as patch_mod
+    from dpopt.api import make_evaluator
+
+    seen = []
+    init = patch_mod.LinearPatcher.__init__
+
+    def spy(self, masked, settings, input_ids, *args, **kwargs):
+        seen.extend(input_ids)
+        init(self, masked, settings, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(patch_mod.LinearPatcher, "__init__", spy)
+    rng = torch.Generator().manual_seed(0)
+    letters = "abcdefghijklmnopqrstuvwxyz "
+    text = tmp_path / "random.txt"  # no two 16-character sequences alike by chance
+    text.write_text("\n\n".join("".join(letters[i] for i in torch.randint(0, 27, (60,), generator=rng).tolist())
+                                  for _ in range(80)))
+    lm = make_tiny_lm("llama", 4)
+    ev = make_evaluator(lm, "kl", data=str(text), tokens=128, seq_len=16, patch="linear", patch_tokens=128)
+    scored = {tuple(row.tolist()) for b in ev.objective.batches(None) for row in b.input_ids}
+    fitted = {tuple(row.tolist()) for ids in seen for row in ids}
+    assert len(fitted) == 8 and len(scored) == 8
+    assert not scored & fitted

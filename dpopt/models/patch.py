@@ -48,6 +48,11 @@ from .families import PatchPoint, get_path
 PATCHES = ("linear",)
 DEFAULT_PATCH_TOKENS = 4096
 DEFAULT_RIDGE = 1e-4  # times the mean diagonal of the normal matrix
+# Objectives read the calibration split from its first document on; the fits read it from its
+# last document back, so a mask scored with its patch inside a search is scored on tokens its
+# maps were not fitted to (in-sample, a mask with more spans has more free parameters and looks
+# better the more it overfits). They meet only where the split holds fewer tokens than both.
+FIT_READS = "calib split, last document first"
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,8 @@ class PatchSettings:
         from ..data.identity import data_identity
 
         return dict(kind=self.kind, data=data_identity(self.data or DEFAULT_TEXT), split="calib",
-                    data_seed=self.data_seed, tokens=self.tokens, seq_len=self.seq_len, ridge=self.ridge)
+                    data_seed=self.data_seed, tokens=self.tokens, seq_len=self.seq_len, ridge=self.ridge,
+                    reads=FIT_READS)
 
 
 def check_patch(patch: str | None, units: str = "block") -> None:
@@ -281,8 +287,8 @@ def patcher_for(lm, settings: PatchSettings) -> LinearPatcher:
 
         data = require_text(load_data(settings.data or DEFAULT_TEXT, "calib", settings.data_seed), "--patch linear")
         check_seq_len(lm, settings.seq_len)
-        batches = text_stream_batches(lm.tokenizer, data.documents, settings.tokens, settings.seq_len,
-                                      settings.batch_size)
+        batches = text_stream_batches(lm.tokenizer, data.documents[::-1], settings.tokens, settings.seq_len,
+                                      settings.batch_size)  # FIT_READS
         per_model[settings] = LinearPatcher(lm.masked, settings, [b.input_ids for b in batches])
     return per_model[settings]
 
