@@ -21,9 +21,10 @@ from .api import evaluate_mask, export, load, make_evaluator, mask_from_removed,
 from .problem import GridPlan, Problem, SearchPlan  # noqa: E402
 from .result import Result  # noqa: E402
 from .experiments.compare import CompareResult, StudyResult, compare, study  # noqa: E402
+from .experiments.rerank import RepairPlan  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .evaluator import Evaluator, LoadedModel  # noqa: E402
 from .genome import Constraint, LayerMask  # noqa: E402
 
-__all__ = ["Problem", "SearchPlan", "GridPlan", "Result", "run", "load", "make_evaluator", "search", "compare", "study", "CompareResult", "StudyResult", "export", "evaluate_mask", "mask_from_removed", "Evaluator",
+__all__ = ["Problem", "SearchPlan", "GridPlan", "Result", "run", "load", "make_evaluator", "search", "compare", "study", "CompareResult", "StudyResult", "RepairPlan", "export", "evaluate_mask", "mask_from_removed", "Evaluator",
            "LoadedModel", "LayerMask", "Constraint", "UserError", "__version__"]
