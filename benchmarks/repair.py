@@ -156,7 +156,7 @@ def main() -> None:
                     f"(seq-len {a.heal_seq_len}, lr {a.heal_lr:g}, AdamW, warm-up + cosine)"],
         ["held-out", f"{a.heldout_tokens} tokens of the eval split in sequences of {a.seq_len}; 95% intervals over "
                      f"sequences (ppl: exp of the mean NLL's interval)"],
-        ["machine", f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        ["machine", f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
                     f"torch {torch.__version__}, dpopt {dpopt.__version__}"],
     ])
     doc.h("Held-out ppl and KL")
