@@ -55,8 +55,10 @@ def test_summary_says_when_the_best_changes_and_whether_beyond_the_noise():
     s = summarize("kl", before, after)
     assert (s.best_before, s.best_after) == (0, 2) and s.best_changed
     assert s.correlation.spearman == pytest.approx(-1.0) and s.correlation.kendall == pytest.approx(-1.0)
-    d = after[0] - after[2]  # what the best-after mask gains over the best-before one, paired
-    assert s.best_difference.value == pytest.approx(-float(np.mean(d)))
+    d = after[2] - after[0]  # what the best-after mask gains over the best-before one, paired
+    assert s.best_difference.value == pytest.approx(float(np.mean(d)))
+    half = 2.2414 * float(np.std(d, ddof=1)) / math.sqrt(len(d))  # z of 1 - 0.05 / (2 x 2): picked of 3
+    assert s.best_difference.high - s.best_difference.value == pytest.approx(half, rel=1e-3)
     assert s.gain[1].value == pytest.approx(float(np.mean(after[1] - before[1])))
     assert "beyond the noise" in s.verdict(["a", "b", "c"])
     # the same order with items so noisy that the two best masks cannot be told apart

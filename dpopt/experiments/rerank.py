@@ -207,7 +207,8 @@ class MetricRerank:
         one = 1.0 if HELDOUT.get(self.name).change == "ratio" else 0.0
         beyond = d.low > one or d.high < one
         return (f"the best mask changes from {b} to {a}; after repair {a} against {b}: {change_text(self.name, d)} "
-                "(95%, paired), " + ("beyond the noise" if beyond else "inside the noise: not a finding"))
+                f"(95%, paired, Bonferroni over the {len(self.after) - 1} masks it was picked against), "
+                + ("beyond the noise" if beyond else "inside the noise: not a finding"))
 
 
 @dataclass
@@ -275,6 +276,14 @@ def _best(values: Sequence[float], higher: bool) -> int:
     return int(np.nanargmax(v) if higher else np.nanargmin(v))
 
 
+def picked_z(n: int) -> float:
+    """The normal quantile of a 95% interval for a comparison picked as the best of ``n`` masks
+    against a given one: Bonferroni over the ``n - 1`` comparisons it could have been."""
+    from scipy.stats import norm
+
+    return float(norm.ppf(1 - 0.025 / max(n - 1, 1)))
+
+
 def summarize(name: str, before: Sequence[np.ndarray], after: Sequence[np.ndarray]) -> MetricRerank:
     """One metric's re-ranking from the candidates' per-item statistics before and after repair."""
     metric = HELDOUT.get(name)
@@ -282,7 +291,7 @@ def summarize(name: str, before: Sequence[np.ndarray], after: Sequence[np.ndarra
     a = [interval(metric, x) for x in after]
     gains = [change(metric, x, y) for x, y in zip(before, after)]
     ib, ia = _best([i.value for i in b], metric.higher_is_better), _best([i.value for i in a], metric.higher_is_better)
-    diff = change(metric, after[ib], after[ia]) if ia != ib else None
+    diff = change(metric, after[ib], after[ia], picked_z(len(after))) if ia != ib else None
     return MetricRerank(name, metric.higher_is_better, b, a, gains,
                         correlation([i.value for i in b], [i.value for i in a]), ib, ia, diff)
 

@@ -62,10 +62,10 @@ def parse_heldout(spec: str) -> list[str]:
     return names
 
 
-def _mean_interval(x: np.ndarray) -> tuple[float, float, float]:
+def _mean_interval(x: np.ndarray, z: float = Z95) -> tuple[float, float, float]:
     m = float(np.mean(x))
     se = float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
-    return m, m - Z95 * se, m + Z95 * se
+    return m, m - z * se, m + z * se
 
 
 def interval(metric: Metric, items: np.ndarray) -> Interval:
@@ -73,9 +73,10 @@ def interval(metric: Metric, items: np.ndarray) -> Interval:
     return Interval(metric.report(m), metric.report(lo), metric.report(hi))
 
 
-def change(metric: Metric, before: np.ndarray, after: np.ndarray) -> Interval:
-    """``after`` vs ``before`` on the same items: a ratio for ppl, a difference otherwise."""
-    m, lo, hi = _mean_interval(after - before)
+def change(metric: Metric, before: np.ndarray, after: np.ndarray, z: float = Z95) -> Interval:
+    """``after`` vs ``before`` on the same items: a ratio for ppl, a difference otherwise
+    (``z``: the interval's normal quantile, wider than 1.96 where a comparison was picked)."""
+    m, lo, hi = _mean_interval(after - before, z)
     if metric.change == "ratio":
         return Interval(math.exp(m), math.exp(lo), math.exp(hi))
     return Interval(m, lo, hi)
