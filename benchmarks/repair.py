@@ -143,15 +143,17 @@ def main() -> None:
                                            lr=a.heal_lr), list(NAMES), **common)
 
     label = lambda r: "{" + ", ".join(map(str, r)) + "}"  # noqa: E731
+    took = lambda g, sec: (f"{sec:.0f} s, {g.masks_computed} masks computed" if g.masks_computed  # noqa: E731
+                           else f"{sec:.0f} s: every mask answered from the storage")
     heal_rows = [_row(f"{c.label()} healed", r.items, f"{ev.objective.name} #{c.picked_by[ev.objective.name]}; "
                       f"{r.tokens_per_second:,.0f} tok/s") for c, r in zip(by_heal.candidates, by_heal.repaired)]
     doc = Doc(f"dpopt repair: {a.model}, K={a.remove}, {ev.objective.name}")
     doc.table(["setting", "value"], [
         ["model", f"{a.model} ({lm.n_blocks} blocks)"], ["removed blocks (K)", a.remove],
         ["search objective", f"{ev.objective.name} on {a.tokens} calibration tokens, seq-len {a.seq_len}"],
-        ["plain search", f"genetic, budget {a.budget}, reference: {plain.reference_note} ({plain_s:.0f} s)"],
+        ["plain search", f"genetic, budget {a.budget}, reference: {plain.reference_note} ({took(plain, plain_s)})"],
         ["patched search", f"genetic, budget {a.patch_budget}, every mask scored with its patch "
-                           f"({a.patch_tokens} fit tokens; {patched_s:.0f} s)"],
+                           f"({a.patch_tokens} fit tokens; {took(patched, patched_s)})"],
         ["healing", f"distillation of all weights, {a.heal_tokens} calibration tokens per mask "
                     f"(seq-len {a.heal_seq_len}, lr {a.heal_lr:g}, AdamW, warm-up + cosine)"],
         ["held-out", f"{a.heldout_tokens} tokens of the eval split in sequences of {a.seq_len}; 95% intervals over "
