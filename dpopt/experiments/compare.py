@@ -144,10 +144,11 @@ def compare(lm, objective: str = "ppl", algos: str | Sequence[str] = "greedy,ran
     grid = run_grid(ev, constraint, algos, seeds, budget, storage, prefix, ev.objective.name, seconds=seconds,
                     algo_options=algo_options, brute_force=brute_force, progress=progress,
                     extra=dict(model=lm.source), reference_budget=reference_budget)
+    held_opts = {**opts, **_objective_options(heldout_options or {})}
     scores = _heldout(lm, heldout_cells({ev.objective.name: grid}, suffix=False), held, data, tasks, data_seed,
-                      ev_opts, {**opts, **_objective_options(heldout_options or {})})
+                      ev_opts, held_opts)
     reranked = _rerank(lm, {ev.objective.name: grid}, {ev.objective.name: ev}, repair, repair_on, data, tasks,
-                       data_seed, {**opts, **_objective_options(heldout_options or {})}, progress)
+                       data_seed, held_opts, progress)
     cost = grid.cost()
     cost["storage"] = storage
     cost["studies"] = study_name(prefix, ev, "<algo>", f"k{constraint.k}", "<S>")
@@ -246,10 +247,9 @@ def study(lm, objectives: str | Sequence[str] = ("ppl", "kl"), algos: str | Sequ
     rank = rank_matrix(evaluators, grids, constraint, random_masks)
     cost["rank-correlation masks"] = (f"{len(rank.masks)}: every mask scored under all objectives, the grids' final "
                                       f"masks, and up to {random_masks} random ones")
-    scores = _heldout(lm, heldout_cells(grids), held, data, tasks, data_seed, ev_opts,
-                      {**opts, **_objective_options(heldout_options or {})})
-    reranked = _rerank(lm, grids, evaluators, repair, repair_on, data, tasks, data_seed,
-                       {**opts, **_objective_options(heldout_options or {})}, progress)
+    held_opts = {**opts, **_objective_options(heldout_options or {})}
+    scores = _heldout(lm, heldout_cells(grids), held, data, tasks, data_seed, ev_opts, held_opts)
+    reranked = _rerank(lm, grids, evaluators, repair, repair_on, data, tasks, data_seed, held_opts, progress)
     if scores:
         cost["note"] = SE_NOTE
     cost["storage"] = storage

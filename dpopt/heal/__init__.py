@@ -168,23 +168,10 @@ def heal(lm, removed: list[str], plan: HealPlan, progress: bool = True) -> HealR
 
     Raises KeyboardInterrupt (after saving the state) on Ctrl-C or SIGTERM; the same call
     then resumes where it stopped."""
-    if not progress:  # transformers' own bars (loading and writing weights) too
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    from ..models.units import plan_units
-
-    part = parse_train(plan.train, len(list(plan_units(lm.masked, removed).kept())))  # before any slow step
-    torch.manual_seed(plan.seed)
-    teacher = lm.model.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    seqs = _calibration(lm, plan)
+    part, seqs, res = _setup(lm, removed, plan, progress)
     heldout = HeldOut(lm, parse_heldout(plan.heldout), plan.data, plan.tasks, plan.data_seed, plan.eval_tokens,
                       plan.seq_len, plan.questions, plan.topk) if plan.heldout.strip() else None
     student = _student_of(lm, removed)
-    res = HealResult(Path(plan.out), plan.steps, plan.steps * plan.batch_size * plan.seq_len, [], 0.0, 0.0, 0,
-                     int(seqs.numel()), list(removed))
     before = None
     if heldout is not None:
         res.dense = heldout.summary(heldout.items(lm))
@@ -203,7 +190,16 @@ def distil(lm, removed: list[str], plan: HealPlan, progress: bool = True):
     """Train the pruned model as :func:`heal` does and return ``(healed LoadedModel, HealResult)``
     without scoring or writing it: what re-ranking after repair runs for each candidate mask.
     ``plan.out`` is not written; its state folder is used while training and removed after."""
-    if not progress:
+    part, seqs, res = _setup(lm, removed, plan, progress)
+    healed = _train(lm, _student_of(lm, removed), removed, part, seqs, plan, res, progress)
+    shutil.rmtree(plan.state_dir, ignore_errors=True)
+    return _as_loaded(lm, healed), res
+
+
+def _setup(lm, removed: list[str], plan: HealPlan, progress: bool):
+    """What training needs before the student exists: the trained parts (checked before any slow
+    step), the frozen teacher, the seeded RNG, the calibration sequences, the result to fill."""
+    if not progress:  # transformers' own bars (loading and writing weights) too
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -211,14 +207,12 @@ def distil(lm, removed: list[str], plan: HealPlan, progress: bool = True):
 
     part = parse_train(plan.train, len(list(plan_units(lm.masked, removed).kept())))
     torch.manual_seed(plan.seed)
-    for p in lm.model.parameters():
+    for p in lm.model.eval().parameters():
         p.requires_grad_(False)
     seqs = _calibration(lm, plan)
     res = HealResult(Path(plan.out), plan.steps, plan.steps * plan.batch_size * plan.seq_len, [], 0.0, 0.0, 0,
                      int(seqs.numel()), list(removed))
-    healed = _train(lm, _student_of(lm, removed), removed, part, seqs, plan, res, progress)
-    shutil.rmtree(plan.state_dir, ignore_errors=True)
-    return _as_loaded(lm, healed), res
+    return part, seqs, res
 
 
 def _student_of(lm, removed: list[str]):
