@@ -24,7 +24,6 @@ import argparse
 import json
 import platform
 import time
-from pathlib import Path
 
 import torch
 
@@ -165,10 +164,10 @@ def main() -> None:
     doc.table(["model", "ppl", "KL", "note"], [
         _row("dense", dense),
         _row(f"best plain mask {label(cands[0].removed)}", bp_plain, f"{ev.objective.name} #1 of the plain search"),
-        _row(f"the same mask, patched", bp_patched),
+        _row("the same mask, patched", bp_patched),
         _row(f"best mask of the patched search {label(best_patched)}, patched", bps_patched,
              "scored with its patch during the search"),
-        _row(f"the same mask, plain", bps_plain),
+        _row("the same mask, plain", bps_plain),
         *heal_rows])
     numbers = {"patch": repair_section(by_patch, out, doc), "heal": repair_section(by_heal, out, doc)}
     doc.h("The exports load in plain transformers and generate")

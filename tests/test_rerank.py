@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_tiny_lm, run_cli
+from conftest import run_cli
 from dpopt.experiments.rerank import RepairPlan, rerank, summarize, top_candidates
 from dpopt.genome import LayerMask
 from dpopt.models.tiny import save_tiny_checkpoint
