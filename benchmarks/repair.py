@@ -29,6 +29,7 @@ import torch
 
 import dpopt
 from dpopt.experiments.document import Doc, to_html, to_markdown
+from dpopt.fitness import to_minimize
 from dpopt.experiments.grid import recorded_values
 from dpopt.experiments.report import prepare_dir
 from dpopt.experiments.report_repair import repair_section
@@ -126,7 +127,7 @@ def main() -> None:
     patched, pev = _search(lm, a, a.storage, patch=True)
     patched_s = time.perf_counter() - t0
     pvalues = recorded_values(patched, pev)
-    best_patched = min(pvalues, key=pvalues.get)
+    best_patched = min(pvalues, key=lambda r: to_minimize(pvalues[r], patched.experiment.direction))
 
     held = HeldOut(lm, list(NAMES), None, None, 0, a.heldout_tokens, a.seq_len, None)
     dense = held.items(lm)
