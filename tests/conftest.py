@@ -124,3 +124,13 @@ def text_file(tmp_path_factory):
     path.write_text("\n\n".join(f"Paragraph {i}: the quick brown fox number {i} jumps over {i * 7} lazy dogs."
                                 for i in range(80)))
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one torch thread is faster than two, and far faster on a loaded machine
+    (a module takes it with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 from conftest import run_cli
@@ -17,20 +16,7 @@ from dpopt.genome import LayerMask
 from dpopt.models.tiny import save_tiny_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def calib_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "calib.txt"
-    path.write_text("\n\n".join(f"Paragraph {i}: the quick brown fox number {i} jumps over {i * 7} lazy dogs."
-                                for i in range(120)))
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_candidates_are_each_objectives_best_merged():
@@ -84,7 +70,7 @@ class _Down(nn.Module):
         return self.down_proj(x)
 
 
-def test_patch_repair_promotes_the_exactly_linear_span(calib_file):
+def test_patch_repair_promotes_the_exactly_linear_span(text_file):
     """Block 1 is exactly linear: dropping it costs the most KL of any single block, patching it
     costs ~0, so after repair it is the best mask, and the report says so."""
     from test_patch import _linear_span_model
@@ -94,11 +80,11 @@ def test_patch_repair_promotes_the_exactly_linear_span(calib_file):
     layers[1].mlp = _Down(layers[1].mlp)
     from dpopt.api import make_evaluator
 
-    ev = make_evaluator(lm, "kl", data=str(calib_file), tokens=128, seq_len=16)
+    ev = make_evaluator(lm, "kl", data=str(text_file), tokens=128, seq_len=16)
     masks = [LayerMask.from_removed(4, [i]) for i in range(4)]
     calib = dict(zip([m.removed() for m in masks], ev.evaluate(masks)))
     cands = top_candidates({"kl": calib}, {"kl": "minimize"}, 4)
-    res = rerank(lm, cands, RepairPlan("patch", patch_tokens=192), ["kl"], data=str(calib_file), tokens=128,
+    res = rerank(lm, cands, RepairPlan("patch", patch_tokens=192), ["kl"], data=str(text_file), tokens=128,
                  seq_len=16, progress=False)
     kl = res.metrics[0]
     labels = [c.removed for c in res.candidates]
@@ -113,12 +99,12 @@ def tiny_ck(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("ck") / "llama", "llama", n_blocks=5, seed=0)
 
 
-def test_compare_with_heal_repairs_each_best_mask(tiny_ck, calib_file, tmp_path, capsys):
+def test_compare_with_heal_repairs_each_best_mask(tiny_ck, text_file, tmp_path, capsys):
     """Each of the top masks is distilled before it is re-scored: its held-out KL falls."""
     report = tmp_path / "rep"
     rc, out, err = run_cli(["compare", "--model", tiny_ck, "--device", "cpu", "--objective", "kl", "--algos", "random",
                             "--remove", 2, "--budget", 4, "--seeds", 1, "--tokens", 64, "--seq-len", 16,
-                            "--data", calib_file, "--heldout", "ppl,kl", "--storage", f"sqlite:///{tmp_path}/s.db",
+                            "--data", text_file, "--heldout", "ppl,kl", "--storage", f"sqlite:///{tmp_path}/s.db",
                             "--repair", "heal", "--repair-top", 3, "--repair-tokens", 512, "--report", report,
                             "--no-progress"], capsys)
     assert rc == 0, err
@@ -134,12 +120,12 @@ def test_compare_with_heal_repairs_each_best_mask(tiny_ck, calib_file, tmp_path,
     assert "re-ranked 3 masks after repair" in out
 
 
-def test_study_with_patch_names_both_objectives_picks(tiny_ck, calib_file, tmp_path):
+def test_study_with_patch_names_both_objectives_picks(tiny_ck, text_file, tmp_path):
     import dpopt
 
     lm = dpopt.load(str(tiny_ck), device="cpu")
     res = dpopt.study(lm, "ppl,kl", algos="random", remove=2, budget=3, seeds=1, report=tmp_path / "s",
-                      storage=f"sqlite:///{tmp_path}/s.db", data=str(calib_file), random_masks=0, progress=False,
+                      storage=f"sqlite:///{tmp_path}/s.db", data=str(text_file), random_masks=0, progress=False,
                       tokens=64, seq_len=16, repair=RepairPlan("patch", top=2, patch_tokens=128))
     picks = [set(c.picked_by) for c in res.repair.candidates]
     assert {"ppl"} <= set().union(*picks) and {"kl"} <= set().union(*picks) and 2 <= len(picks) <= 4
