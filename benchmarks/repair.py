@@ -130,10 +130,10 @@ def main() -> None:
     best_patched = min(pvalues, key=lambda r: to_minimize(pvalues[r], patched.experiment.direction))
 
     held = HeldOut(lm, list(NAMES), None, None, 0, a.heldout_tokens, a.seq_len, None)
-    dense = held.items(lm)
     best_plain = LayerMask.from_removed(lm.n_blocks, cands[0].removed)
     patcher = patcher_for(lm, PatchSettings(tokens=a.patch_tokens, seq_len=a.seq_len))
-    bp_plain, bps_plain = held.items_for(lm, [best_plain, LayerMask.from_removed(lm.n_blocks, best_patched)])
+    dense, bp_plain, bps_plain = held.items_for(lm, [LayerMask.dense(lm.n_blocks), best_plain,
+                                                     LayerMask.from_removed(lm.n_blocks, best_patched)])
     bp_patched, bps_patched = held.items_for(lm, [best_plain, LayerMask.from_removed(lm.n_blocks, best_patched)],
                                              patch=patcher)
     common = dict(data=None, tasks=None, data_seed=0, tokens=a.heldout_tokens, seq_len=a.seq_len,

@@ -313,8 +313,7 @@ def rerank(lm, candidates: Sequence[Candidate], plan: RepairPlan, heldout: Seque
     held = prepared or HeldOut(lm, names, data, tasks, data_seed, tokens, seq_len or 512, questions, topk)
     names = [n for n in names if n in held.objectives]
     masks = [LayerMask.from_removed(lm.n_blocks, c.removed) for c in candidates]
-    dense_items = held.items_for(lm, [LayerMask.dense(lm.n_blocks)])[0]
-    before = held.items_for(lm, masks)
+    dense_items, *before = held.items_for(lm, [LayerMask.dense(lm.n_blocks), *masks])  # one prefix-shared call
     ctx = _Context(lm, held, plan, data, data_seed, seq_len, progress)
     repaired = REPAIRS.get(plan.kind)(ctx, masks)
     metrics = [summarize(n, [r[n] for r in before], [r.items[n] for r in repaired]) for n in names]
